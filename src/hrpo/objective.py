@@ -1,0 +1,106 @@
+"""The HRPO objective: group advantages, teacher-forced log-probs with stored latents, k3 KL and the loss.
+
+Per completion token t of sequence i (strictly on-policy, one update per rollout batch):
+
+    loss_it = -A_i * exp(logp_it - stopgrad(logp_it)) + beta * k3(ref_it, logp_it)
+    k3      = exp(ref - logp) - (ref - logp) - 1
+    A_i     = (r_i - mean_g) / (std_g + 1e-4)        (unbiased std within the group of G completions)
+
+then the mean over each sequence's completion tokens, then the mean over sequences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .gate import HybridGate, mix_inputs
+from .rollout import Rollout, position_ids_from_mask
+
+ADVANTAGE_EPS = 1e-4
+LOG_RATIO_CLAMP = 20.0
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = ADVANTAGE_EPS) -> torch.Tensor:
+    """rewards (N,) with N = prompts * group_size, each group contiguous -> advantages (N,) fp32."""
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    grouped = rewards.float().view(-1, group_size)
+    advantages = (grouped - grouped.mean(dim=1, keepdim=True)) / (grouped.std(dim=1, keepdim=True) + eps)
+    return advantages.view(-1)
+
+
+def k3_kl(ref_logprobs: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(policy || ref); both (B, C). Log-ratio clamped to +-20 for safety."""
+    log_ratio = (ref_logprobs - logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return torch.exp(log_ratio) - log_ratio - 1.0
+
+
+def rollout_inputs_embeds(model, gate: HybridGate | None, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs for the training forward over prompt + completion: (B, P + C, H) embeddings and (B, P + C) mean a.
+
+    Thinking positions get the *current* gate applied to the *stored* latents (constants); everything else is
+    the plain token embedding. ``gate=None`` (discrete mode and the reference model) gives plain embeddings.
+    """
+    ids = rollout.input_ids
+    token_embeds = model.get_input_embeddings()(ids)
+    prompt_len = rollout.prompt_ids.shape[1]
+    thinking = torch.cat([torch.zeros_like(rollout.prompt_mask, dtype=torch.bool), rollout.thinking_mask], dim=1)
+    latents = None
+    if gate is not None and rollout.latents is not None:
+        pad = rollout.latents.new_zeros(ids.shape[0], prompt_len, rollout.latents.shape[-1])
+        latents = torch.cat([pad, rollout.latents.to(token_embeds.dtype)], dim=1)
+    return mix_inputs(gate, token_embeds, latents, thinking)
+
+
+def completion_logprobs(model, rollout: Rollout, inputs_embeds: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Log-probs (B, C) fp32 of the completion tokens under ``model`` fed ``inputs_embeds`` (B, P + C, H).
+
+    One parallel forward with the rollout's attention mask and position ids; logits only for completion
+    positions; log-softmax in fp32 at ``temperature``, one sequence at a time to bound memory.
+    """
+    attention_mask = rollout.attention_mask
+    completion_len = rollout.completion_ids.shape[1]
+    out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask), use_cache=False,
+                logits_to_keep=completion_len + 1)
+    logits = out.logits[:, :-1]  # position P-1+t predicts completion token t
+    rows = []
+    for i in range(logits.shape[0]):
+        scores = logits[i].float() / temperature
+        target = rollout.completion_ids[i]
+        rows.append(scores.gather(-1, target[:, None]).squeeze(-1) - torch.logsumexp(scores, dim=-1))
+    return torch.stack(rows)
+
+
+@dataclass
+class LossStats:
+    """Detached per-batch statistics of :func:`hrpo_loss` (sums over sequences, for exact accumulation)."""
+
+    policy_loss_sum: float
+    kl_sum: float
+    num_sequences: int
+
+
+def hrpo_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None, advantages: torch.Tensor,
+              completion_mask: torch.Tensor, beta: float, num_sequences: int | None = None):
+    """The HRPO/GRPO loss of one (micro-)batch.
+
+    ``logprobs`` (B, C) with grad, ``ref_logprobs`` (B, C) or None (beta = 0), ``advantages`` (B,),
+    ``completion_mask`` (B, C) bool. Returns ``(loss, stats)`` where ``loss`` is the sum of per-sequence means
+    divided by ``num_sequences`` (default B), so micro-batch losses of one step add up to the full-batch mean.
+    """
+    mask = completion_mask.float()
+    lengths = mask.sum(dim=1).clamp_min(1.0)
+    ratio = torch.exp(logprobs - logprobs.detach())  # == 1, carries the policy gradient
+    policy_tok = -advantages[:, None].float() * ratio
+    kl_tok = k3_kl(ref_logprobs, logprobs) if ref_logprobs is not None else torch.zeros_like(logprobs)
+    per_seq_policy = (policy_tok * mask).sum(dim=1) / lengths
+    per_seq_kl = (kl_tok * mask).sum(dim=1) / lengths
+    per_seq = per_seq_policy + beta * per_seq_kl
+    denom = num_sequences or logprobs.shape[0]
+    loss = per_seq.sum() / denom
+    stats = LossStats(policy_loss_sum=float(per_seq_policy.detach().sum()),
+                      kl_sum=float(per_seq_kl.detach().sum()), num_sequences=logprobs.shape[0])
+    return loss, stats

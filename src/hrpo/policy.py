@@ -1,0 +1,100 @@
+"""A trained (or base) policy ready for decoding: model, tokenizer, gate and the run's sampling settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError, find_checkpoint
+from .config import load_yaml
+from .gate import HybridGate, hidden_ratio
+from .models import GATE_FILE, eos_token_ids, load_gate, load_model, resolve_device, resolve_dtype
+from .rollout import Rollout, SamplingConfig, generate, marker_matcher
+from .text import encode_text_prompt, left_pad
+
+
+@dataclass
+class Policy:
+    model: torch.nn.Module
+    tokenizer: object
+    gate: HybridGate | None
+    marker: str
+    temperature: float
+    top_k: int
+    top_p: float
+    eos_ids: list[int]
+    device: torch.device
+
+    @property
+    def mode(self) -> str:
+        return "hybrid" if self.gate is not None else "discrete"
+
+
+def load_policy(model: str | None = None, adapter: str | Path | None = None, mode: str | None = None,
+                dtype: str = "auto", device: str = "auto", marker: str | None = None) -> Policy:
+    """Load ``model`` (default: the adapter run's base model, else the embedded one) with an optional adapter.
+
+    ``adapter`` is a run directory (newest checkpoint used) or a checkpoint directory. Mode, marker and
+    sampling temperature default to the run's saved config (never parsed from directory names).
+    """
+    saved: dict = {}
+    ckpt = None
+    if adapter is not None:
+        ckpt = find_checkpoint(adapter)
+        for candidate in (ckpt / "config.yaml", ckpt.parent / "config.yaml"):
+            if candidate.is_file():
+                saved = load_yaml(candidate)
+                break
+    mode = mode or saved.get("mode", "hybrid")
+    dev = resolve_device(device)
+    loaded = load_model(model or saved.get("model", "embedded"), dtype=resolve_dtype(dtype, dev), device=dev)
+    net = loaded.model
+    if ckpt is not None:
+        from peft import PeftModel
+
+        net = PeftModel.from_pretrained(net, str(ckpt)).to(dev)
+        net.eval()
+    gate = None
+    if mode == "hybrid":
+        hidden = net.get_input_embeddings().weight.shape[1]
+        gate = HybridGate(hidden, saved.get("r_min", 0.99), saved.get("r_max", 0.999), saved.get("gate_c", 8.0))
+        gate.reset_parameters(generator=torch.Generator().manual_seed(saved.get("seed", 42)))
+        if ckpt is not None:
+            if not (ckpt / GATE_FILE).is_file():
+                raise CheckpointError(f"{ckpt} has no {GATE_FILE}: it was trained in discrete mode; "
+                                      f"pass --mode discrete")
+            load_gate(gate, ckpt)
+        gate.to(dev)
+    return Policy(model=net, tokenizer=loaded.tokenizer, gate=gate, marker=marker or saved.get("marker", "####"),
+                  temperature=saved.get("temperature", 0.5), top_k=saved.get("top_k", 50),
+                  top_p=saved.get("top_p", 1.0), eos_ids=eos_token_ids(loaded.model, loaded.tokenizer),
+                  device=dev)
+
+
+def generate_ids(policy: Policy, prompt_ids: list[list[int]], max_new_tokens: int, greedy: bool = False,
+                 temperature: float | None = None, seed: int = 0) -> Rollout:
+    """Decode a batch of prompts (lists of ids) with the policy's hybrid mixing; returns the Rollout."""
+    ids, mask = left_pad(prompt_ids, policy.tokenizer.pad_token_id, policy.device)
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature or policy.temperature,
+                              top_k=policy.top_k, top_p=policy.top_p, greedy=greedy)
+    matcher = None
+    if policy.gate is not None:
+        matcher = marker_matcher(policy.tokenizer, policy.marker, policy.model.get_input_embeddings().weight.shape[0])
+    generator = torch.Generator(device=policy.device).manual_seed(seed)
+    return generate(policy.model, ids, mask, sampling, gate=policy.gate, matcher=matcher,
+                    eos_token_ids=policy.eos_ids, pad_token_id=policy.tokenizer.pad_token_id, generator=generator)
+
+
+def generate_text(policy: Policy, prompt: str, max_new_tokens: int = 256, greedy: bool = False,
+                  temperature: float | None = None, seed: int = 0, chat: bool = True) -> dict:
+    """One completion for ``prompt``: ``{prompt_tokens, tokens, completion, hidden_ratio, thinking_tokens}``."""
+    prompt_tokens = encode_text_prompt(policy.tokenizer, prompt, chat=chat)
+    rollout = generate_ids(policy, [prompt_tokens], max_new_tokens, greedy, temperature, seed)
+    n = int(rollout.completion_mask[0].sum())
+    tokens = rollout.completion_ids[0, :n].tolist()
+    ratio = hidden_ratio(rollout.gate_mean, rollout.thinking_mask) if policy.gate is not None else 0.0
+    return {"prompt_tokens": prompt_tokens, "tokens": tokens,
+            "completion": policy.tokenizer.decode(tokens, skip_special_tokens=True),
+            "hidden_ratio": ratio, "thinking_tokens": int(rollout.thinking_mask[0].sum()), "mode": policy.mode}

@@ -1,0 +1,260 @@
+"""Hybrid rollouts: batched KV-cached sampling with gated latent inputs inside the thinking span.
+
+Per generated token y_t (drawn from p_t, the temperature/top-k/top-p distribution):
+  * latent h_t = E^T p_t / ||p_t||_2 (a gather over the kept top-k rows);
+  * when y_t is fed back as the next input it enters as gate(E[y_t], h_t) if the text up to and including
+    y_t does not yet contain the answer marker, else as plain E[y_t];
+  * the prompt, the token that completes the marker and every later token are plain.
+The marker is tracked with a token-level automaton (:class:`MarkerMatcher`), so it may be split over
+several tokens and no prefix is ever re-decoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from .gate import HybridGate, latent_embeddings, mix_inputs, topk_latent_embeddings
+
+
+@dataclass
+class SamplingConfig:
+    """How tokens are drawn. ``top_k=0`` and ``top_p=1.0`` switch those filters off."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.5
+    top_k: int = 50
+    top_p: float = 1.0
+    greedy: bool = False
+    logprob_temperature: float | None = None  # temperature of the returned log-probs (default: temperature)
+
+
+@dataclass
+class Rollout:
+    """One batch of completions. B = batch, P = padded prompt length, C = completion length, H = hidden size.
+
+    prompt_ids (B, P) long, left-padded; prompt_mask (B, P) long (1 = real token)
+    completion_ids (B, C) long, pad after the first EOS
+    completion_mask (B, C) bool: real completion tokens, up to and including the first EOS
+    thinking_mask (B, C) bool: tokens whose input embedding was the gated mix when fed back
+    latents (B, C, H) in the model dtype, or None in discrete mode: h of each token's sampling distribution
+    logprobs (B, C) fp32: log-prob of each token under the temperature-scaled full distribution
+    gate_mean (B, C) fp32: mean over H of the gate's a at mixed positions, 1.0 elsewhere
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    thinking_mask: torch.Tensor
+    latents: torch.Tensor | None
+    logprobs: torch.Tensor
+    gate_mean: torch.Tensor
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """(B, P + C) prompt followed by completion."""
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """(B, P + C): the prompt's padding mask, ones over the completion (as during decoding)."""
+        return torch.cat([self.prompt_mask.long(), torch.ones_like(self.completion_ids)], dim=1)
+
+    def select(self, rows: slice | torch.Tensor) -> "Rollout":
+        """The sub-batch ``rows`` (e.g. one micro-batch)."""
+        return Rollout(**{k: (None if v is None else v[rows]) for k, v in self.__dict__.items()})
+
+
+class MarkerMatcher:
+    """Token-level automaton that tells when the decoded text first contains ``marker``.
+
+    ``table[s, v]`` is the state after reading token v in state s, where state s < m is the length of the
+    longest prefix of the marker that ends the text, and m (= len(marker)) means "marker seen" (absorbing).
+    Built once per tokenizer and marker from each token's decoded piece; stepping is one gather on device.
+    """
+
+    def __init__(self, pieces: list[str], marker: str, vocab_size: int | None = None):
+        if not marker:
+            raise ValueError("marker must be a non-empty string")
+        self.marker = marker
+        m = len(marker)
+        vocab_size = max(vocab_size or 0, len(pieces))
+        fail = _failure_function(marker)
+        marker_chars = set(marker)
+        table = torch.zeros(m + 1, vocab_size, dtype=torch.long)
+        table[m] = m
+        for v in range(vocab_size):
+            piece = pieces[v] if v < len(pieces) else ""
+            if not piece:
+                table[:m, v] = torch.arange(m)
+                continue
+            if not marker_chars.intersection(piece):
+                continue  # any state -> 0
+            for s in range(m):
+                table[s, v] = _advance(marker, fail, s, piece)
+        self.table = table
+        self.done_state = m
+
+    def step(self, state: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """state (B,) long, tokens (B,) long -> new state (B,), on the device of ``state``."""
+        if self.table.device != state.device:
+            self.table = self.table.to(state.device)
+        return self.table[state, tokens]
+
+    def scan(self, token_ids: list[int]) -> int | None:
+        """Index of the token that completes the marker in ``token_ids``, or None (a host-side helper)."""
+        state = 0
+        for j, tok in enumerate(token_ids):
+            state = int(self.table[state, tok])
+            if state == self.done_state:
+                return j
+        return None
+
+
+def _failure_function(pattern: str) -> list[int]:
+    fail = [0] * len(pattern)
+    k = 0
+    for i in range(1, len(pattern)):
+        while k and pattern[i] != pattern[k]:
+            k = fail[k - 1]
+        if pattern[i] == pattern[k]:
+            k += 1
+        fail[i] = k
+    return fail
+
+
+def _advance(pattern: str, fail: list[int], state: int, text: str) -> int:
+    m = len(pattern)
+    for ch in text:
+        while state and ch != pattern[state]:
+            state = fail[state - 1]
+        if ch == pattern[state]:
+            state += 1
+        if state == m:
+            return m
+    return state
+
+
+@lru_cache(maxsize=8)
+def _matcher_cached(tokenizer_key: int, marker: str, vocab_size: int, tokenizer) -> MarkerMatcher:
+    pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=False)
+    return MarkerMatcher(pieces, marker, vocab_size)
+
+
+def marker_matcher(tokenizer, marker: str, vocab_size: int | None = None) -> MarkerMatcher:
+    """The (cached) :class:`MarkerMatcher` for this tokenizer and marker, covering ``vocab_size`` ids."""
+    return _matcher_cached(id(tokenizer), marker, int(vocab_size or len(tokenizer)), tokenizer)
+
+
+def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None):
+    """Draw one token per row from last-position ``logits`` (B, V).
+
+    Returns ``(tokens (B,), logprobs (B,) fp32, kept_probs (B, k) fp32, kept_ids (B, k))``: the kept
+    distribution is the temperature/top-k/top-p one the token came from (k = V without top-k) and is what the
+    latent is built from. ``logprobs`` are under the temperature-scaled full distribution.
+    """
+    scores = logits.float() / sampling.temperature
+    vocab = scores.shape[-1]
+    k = sampling.top_k if 0 < sampling.top_k < vocab else vocab
+    kept_scores, kept_ids = scores.topk(k, dim=-1)  # sorted, descending
+    kept_probs = torch.softmax(kept_scores, dim=-1)
+    if sampling.top_p < 1.0:
+        before = kept_probs.cumsum(dim=-1) - kept_probs
+        kept_probs = kept_probs.masked_fill(before > sampling.top_p, 0.0)
+        kept_probs = kept_probs / kept_probs.sum(dim=-1, keepdim=True)
+    if sampling.greedy:
+        tokens = logits.argmax(dim=-1)
+    else:
+        choice = torch.multinomial(kept_probs, 1, generator=generator)
+        tokens = kept_ids.gather(-1, choice).squeeze(-1)
+    lp_temp = sampling.logprob_temperature or sampling.temperature
+    lp_scores = scores if lp_temp == sampling.temperature else logits.float() / lp_temp
+    logprobs = lp_scores.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(lp_scores, dim=-1)
+    return tokens, logprobs, kept_probs, kept_ids
+
+
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) 0/1 attention mask -> (B, T) positions counting real tokens from 0 (pads get 0)."""
+    return (mask.long().cumsum(dim=-1) - 1).clamp_min(0)
+
+
+@torch.no_grad()
+def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampling: SamplingConfig, *,
+             gate: HybridGate | None, matcher: MarkerMatcher | None, eos_token_ids: list[int], pad_token_id: int,
+             generator: torch.Generator | None = None) -> Rollout:
+    """Sample completions for left-padded prompts (B, P). ``gate=None`` gives discrete (GRPO) rollouts.
+
+    ``model`` is any HF causal LM (or PeftModel) accepting ``inputs_embeds``, ``attention_mask``,
+    ``position_ids`` and ``past_key_values``. Decoding stops when every row has produced an EOS or after
+    ``sampling.max_new_tokens`` tokens.
+    """
+    from transformers import DynamicCache
+
+    device = prompt_ids.device
+    embed = model.get_input_embeddings()
+    hybrid = gate is not None
+    if hybrid and matcher is None:
+        raise ValueError("hybrid rollouts need a MarkerMatcher to find the end of the thinking span")
+    batch, max_new = prompt_ids.shape[0], sampling.max_new_tokens
+    eos = torch.tensor(eos_token_ids, device=device, dtype=torch.long)
+    dense_embeds = None  # (V, H) embedding outputs, only when no top-k keeps the latent sparse
+
+    attention_mask = prompt_mask.long()
+    positions = position_ids_from_mask(attention_mask)
+    cache = DynamicCache(config=model.config)
+    out = model(inputs_embeds=embed(prompt_ids), attention_mask=attention_mask, position_ids=positions,
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    next_position = positions[:, -1:] + 1
+    vocab_size = out.logits.shape[-1]
+
+    tokens_out, logprobs_out, real_out, thinking_out, latents_out, gate_mean_out = [], [], [], [], [], []
+    state = torch.zeros(batch, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    for step in range(max_new):
+        tokens, logprobs, kept_probs, kept_ids = sample_tokens(out.logits[:, -1], sampling, generator)
+        tokens = tokens.masked_fill(finished, pad_token_id)
+        real_out.append(~finished)
+        finished = finished | torch.isin(tokens, eos)
+        tokens_out.append(tokens)
+        logprobs_out.append(logprobs.masked_fill(~real_out[-1], 0.0))
+        last = step == max_new - 1
+        if hybrid:
+            state = matcher.step(state, tokens)
+            thinking = ~finished & (state < matcher.done_state) & (not last)
+            if kept_ids.shape[-1] < vocab_size:
+                latents = topk_latent_embeddings(kept_probs, embed(kept_ids))
+            else:
+                if dense_embeds is None:
+                    dense_embeds = embed(torch.arange(vocab_size, device=device))
+                probs = torch.zeros_like(kept_probs).scatter_(-1, kept_ids, kept_probs)
+                latents = latent_embeddings(probs, dense_embeds)
+            latents_out.append(latents)
+        else:
+            thinking = torch.zeros_like(finished)
+        thinking_out.append(thinking)
+        if last or bool(finished.all()):
+            gate_mean_out.append(torch.ones(batch, device=device))
+            break
+        token_embeds = embed(tokens[:, None])
+        inputs_embeds, mean_a = mix_inputs(gate, token_embeds, latents[:, None] if hybrid else None,
+                                           thinking[:, None])
+        gate_mean_out.append(mean_a[:, 0])
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
+        out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=next_position,
+                    past_key_values=cache, use_cache=True)
+        next_position = next_position + 1
+
+    return Rollout(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        completion_ids=torch.stack(tokens_out, dim=1),
+        completion_mask=torch.stack(real_out, dim=1),
+        thinking_mask=torch.stack(thinking_out, dim=1),
+        latents=torch.stack(latents_out, dim=1) if hybrid else None,
+        logprobs=torch.stack(logprobs_out, dim=1),
+        gate_mean=torch.stack(gate_mean_out, dim=1),
+    )

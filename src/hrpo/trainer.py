@@ -1,0 +1,299 @@
+"""The HRPO training loop: rollout -> reward -> advantages -> reference and policy log-probs -> one update.
+
+Strictly on-policy: every optimizer step samples ``prompts_per_step * group_size`` fresh completions and
+makes exactly one gradient update on them (micro-batched with gradient accumulation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import tasks
+from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig, build_config, load_yaml, save_yaml
+from .gate import HybridGate, hidden_ratio
+from .models import add_lora, eos_token_ids, load_model, lora_parameters, resolve_device, resolve_dtype
+from .objective import completion_logprobs, group_advantages, hrpo_loss, rollout_inputs_embeds
+from .rollout import Rollout, SamplingConfig, generate, marker_matcher
+from .text import decode_completions, encode_prompts
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class Trainer:
+    """Everything one run holds. Build it with :func:`setup`."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    model: torch.nn.Module
+    tokenizer: object
+    gate: HybridGate | None
+    task: object
+    examples: list[dict]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    matcher: object
+    eos_ids: list[int]
+    device: torch.device
+    step: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def warmup_cosine(max_steps: int, warmup_ratio: float):
+    """LR multiplier: linear warm-up over ceil(warmup_ratio * max_steps) steps, then cosine decay to 0."""
+    warmup = math.ceil(warmup_ratio * max_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, max_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_optimizer(cfg: TrainConfig, model, gate: HybridGate | None):
+    """AdamW with groups: LoRA (lr), gate_r/gate_i (gate_lr), Lambda (lambda_lr); all with weight decay."""
+    groups = [{"params": [p for _, p in lora_parameters(model)], "lr": cfg.lr, "name": "lora"}]
+    if gate is not None:
+        groups.append({"params": list(gate.gate_r.parameters()) + list(gate.gate_i.parameters()),
+                       "lr": cfg.gate_lr, "name": "gate"})
+        groups.append({"params": [gate.Lambda], "lr": cfg.lambda_lr, "name": "Lambda"})
+    optimizer = torch.optim.AdamW(groups, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.max_steps, cfg.warmup_ratio))
+    return optimizer, scheduler
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    return Path("runs") / f"{cfg.mode}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def setup(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Trainer:
+    """Load model, LoRA, gate, task data and optimiser; restore the newest checkpoint when resuming."""
+    run_dir = Path(resume) if resume else Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.output_dir = str(run_dir)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    log(f"loading model '{cfg.model}' ({dtype}, {device})")
+    loaded = load_model(cfg.model, dtype=dtype, device=device)
+    model = add_lora(loaded.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, seed=cfg.seed)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    hidden = model.get_input_embeddings().weight.shape[1]
+    gate = matcher = None
+    if cfg.mode == "hybrid":
+        gen = torch.Generator().manual_seed(cfg.seed)
+        gate = HybridGate(hidden, cfg.r_min, cfg.r_max, cfg.gate_c)
+        gate.reset_parameters(generator=gen)
+        gate.to(device)
+        matcher = marker_matcher(loaded.tokenizer, cfg.marker, model.get_input_embeddings().weight.shape[0])
+    task = tasks.get(cfg.task)
+    examples = task.examples(cfg.num_train_examples, seed=cfg.seed)
+    optimizer, scheduler = build_optimizer(cfg, model, gate)
+    trainer = Trainer(cfg=cfg, run_dir=run_dir, model=model, tokenizer=loaded.tokenizer, gate=gate, task=task,
+                      examples=examples, optimizer=optimizer, scheduler=scheduler, matcher=matcher,
+                      eos_ids=eos_token_ids(loaded.model, loaded.tokenizer), device=device)
+    if resume:
+        ckpt = find_checkpoint(run_dir)
+        trainer.step = load_checkpoint(ckpt, model, gate, optimizer, scheduler)
+        log(f"resumed from {ckpt} (step {trainer.step})")
+    save_yaml(cfg, run_dir / CONFIG_FILE)
+    return trainer
+
+
+def batch_examples(trainer: Trainer, step: int) -> list[dict]:
+    """The prompts of ``step``: a per-epoch shuffle of the training set, deterministic in (seed, step)."""
+    n, k = len(trainer.examples), trainer.cfg.prompts_per_step
+    out = []
+    for j in range(step * k, step * k + k):
+        epoch, idx = divmod(j, n)
+        order = list(range(n))
+        random.Random(trainer.cfg.seed * 1_000_003 + epoch).shuffle(order)
+        out.append(trainer.examples[order[idx]])
+    return out
+
+
+def sampling_config(cfg: TrainConfig) -> SamplingConfig:
+    return SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                          top_p=cfg.top_p, logprob_temperature=cfg.logprob_temperature)
+
+
+def micro_batches(n: int, size: int) -> list[slice]:
+    return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def reference_logprobs(trainer: Trainer, rollout: Rollout, temperature: float) -> torch.Tensor:
+    """(B, C) log-probs of the frozen base model (LoRA disabled) reading plain token embeddings."""
+    model = trainer.model
+    rows = []
+    with torch.no_grad(), model.disable_adapter():
+        for mb in micro_batches(rollout.completion_ids.shape[0], trainer.cfg.micro_batch_size):
+            part = rollout.select(mb)
+            embeds, _ = rollout_inputs_embeds(model, None, part)
+            rows.append(completion_logprobs(model, part, embeds, temperature))
+    return torch.cat(rows)
+
+
+def train_step(trainer: Trainer) -> dict:
+    """Run one HRPO step (rollout, rewards, one update) and return its metrics."""
+    cfg, model, step = trainer.cfg, trainer.model, trainer.step
+    t0 = time.perf_counter()
+    examples = [ex for ex in batch_examples(trainer, step) for _ in range(cfg.group_size)]
+    prompt_ids, prompt_mask = encode_prompts(trainer.tokenizer, [trainer.task.messages(ex) for ex in examples],
+                                             cfg.max_prompt_length, trainer.device)
+    generator = torch.Generator(device=trainer.device).manual_seed(cfg.seed * 7919 + step)
+    model.eval()
+    rollout = generate(model, prompt_ids, prompt_mask, sampling_config(cfg), gate=trainer.gate,
+                       matcher=trainer.matcher, eos_token_ids=trainer.eos_ids,
+                       pad_token_id=trainer.tokenizer.pad_token_id, generator=generator)
+    t_rollout = time.perf_counter()
+
+    completions = decode_completions(trainer.tokenizer, rollout.completion_ids, rollout.completion_mask)
+    rewards = torch.tensor([trainer.task.reward(c, ex) for c, ex in zip(completions, examples)])
+    advantages = group_advantages(rewards, cfg.group_size).to(trainer.device)
+    lp_temperature = cfg.logprob_temperature or cfg.temperature
+    ref_logprobs = reference_logprobs(trainer, rollout, lp_temperature) if cfg.beta > 0 else None
+    t_ref = time.perf_counter()
+
+    model.train()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    n = rollout.completion_ids.shape[0]
+    policy_sum = kl_sum = loss_sum = 0.0
+    logp_diffs = []
+    for mb in micro_batches(n, cfg.micro_batch_size):
+        part = rollout.select(mb)
+        embeds, _ = rollout_inputs_embeds(model, trainer.gate, part)
+        logprobs = completion_logprobs(model, part, embeds, lp_temperature)
+        loss, stats = hrpo_loss(logprobs, None if ref_logprobs is None else ref_logprobs[mb], advantages[mb],
+                                part.completion_mask, cfg.beta, num_sequences=n)
+        loss.backward()
+        loss_sum += float(loss.detach())
+        policy_sum += stats.policy_loss_sum
+        kl_sum += stats.kl_sum
+        logp_diffs.append((logprobs.detach() - part.logprobs).abs()[part.completion_mask])
+    params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
+    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    skipped = not (math.isfinite(grad_norm) and math.isfinite(loss_sum))
+    if skipped:
+        trainer.optimizer.zero_grad(set_to_none=True)
+    else:
+        trainer.optimizer.step()
+    lr = trainer.scheduler.get_last_lr()[0]
+    trainer.scheduler.step()
+    trainer.step += 1
+    t_end = time.perf_counter()
+
+    grouped = rewards.view(-1, cfg.group_size)
+    lengths = rollout.completion_mask.sum(dim=1).float()
+    ended = (rollout.completion_mask & torch.isin(rollout.completion_ids,
+                                                  torch.tensor(trainer.eos_ids, device=trainer.device))).any(1)
+    think_len = rollout.thinking_mask.sum(dim=1).float()
+    diffs = torch.cat(logp_diffs) if logp_diffs else torch.zeros(1)
+    new_tokens = int(rollout.completion_mask.sum())
+    mixed = rollout.thinking_mask
+    return {
+        "step": trainer.step,
+        "loss": loss_sum,
+        "policy_loss": policy_sum / n,
+        "kl": kl_sum / n,
+        "reward": float(rewards.mean()),
+        "reward_std": float(grouped.std(dim=1).mean()),
+        "frac_reward_zero_std": float((grouped.std(dim=1) == 0).float().mean()),
+        "completions/mean_length": float(lengths.mean()),
+        "completions/min_length": float(lengths.min()),
+        "completions/max_length": float(lengths.max()),
+        "completions/clipped_ratio": float((~ended).float().mean()),
+        "thinking/mean_length": float(think_len.mean()),
+        "hidden_ratio": hidden_ratio(rollout.gate_mean, mixed) if trainer.gate is not None else 0.0,
+        "embeds_ratio": float(rollout.gate_mean[mixed].mean()) if bool(mixed.any()) else 1.0,
+        "grad_norm": grad_norm,
+        "learning_rate": lr,
+        "skipped_update": int(skipped),
+        "sampling/logp_difference/mean": float(diffs.mean()) if diffs.numel() else 0.0,
+        "sampling/logp_difference/max": float(diffs.max()) if diffs.numel() else 0.0,
+        "timing/rollout_s": t_rollout - t0,
+        "timing/reference_s": t_ref - t_rollout,
+        "timing/policy_s": t_end - t_ref,
+        "timing/step_s": t_end - t0,
+        "rollout_tokens_per_s": new_tokens / max(t_rollout - t0, 1e-9),
+        "tokens_per_s": (new_tokens + int(rollout.prompt_mask.sum())) / max(t_end - t0, 1e-9),
+        "sample_completion": completions[0][:200],
+    }
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), transient=False)
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None, quiet: bool = False) -> Path:
+    """Train until ``cfg.max_steps``; returns the run directory (config.yaml, metrics.jsonl, checkpoint-N/)."""
+    from rich.console import Console
+
+    console = Console(stderr=True, quiet=quiet)
+    trainer = setup(cfg, resume=resume, log=console.print)
+    metrics_path = trainer.run_dir / METRICS_FILE
+    if not resume and metrics_path.exists():
+        metrics_path.unlink()
+    if resume:
+        _truncate_metrics(metrics_path, trainer.step)
+    console.print(f"run directory: [bold]{trainer.run_dir}[/bold]  (mode {cfg.mode}, {cfg.max_steps} steps, "
+                  f"{cfg.prompts_per_step}x{cfg.group_size} completions per step)")
+    last_saved = trainer.step
+    with _progress() as progress, metrics_path.open("a") as sink:
+        bar = progress.add_task("train", total=cfg.max_steps, completed=trainer.step, stats="")
+        while trainer.step < cfg.max_steps:
+            metrics = train_step(trainer)
+            sink.write(json.dumps(metrics) + "\n")
+            sink.flush()
+            stats = (f"reward {metrics['reward']:.2f}  hidden {metrics['hidden_ratio']:.3f}  "
+                     f"kl {metrics['kl']:.4f}  len {metrics['completions/mean_length']:.0f}")
+            progress.update(bar, advance=1, stats=stats)
+            if trainer.step % cfg.save_every == 0 or trainer.step == cfg.max_steps:
+                save_checkpoint(trainer.run_dir, trainer.step, trainer.model, trainer.gate, trainer.optimizer,
+                                trainer.scheduler, keep=cfg.keep_checkpoints)
+                last_saved = trainer.step
+    if last_saved != trainer.step:
+        save_checkpoint(trainer.run_dir, trainer.step, trainer.model, trainer.gate, trainer.optimizer,
+                        trainer.scheduler, keep=cfg.keep_checkpoints)
+    console.print(f"done: {trainer.step} steps. Run directory: [bold]{trainer.run_dir}[/bold]")
+    return trainer.run_dir
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past ``step`` (written after the checkpoint we resume from)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def resume_config(run_dir: str | Path, overrides: dict) -> TrainConfig:
+    """The saved config of ``run_dir`` with CLI ``overrides`` (e.g. a larger max_steps) applied."""
+    path = Path(run_dir) / CONFIG_FILE
+    saved = load_yaml(path)
+    return build_config(saved, overrides, use_preset=False)
