@@ -82,6 +82,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .trainer import quiet_libraries
+
+    quiet_libraries()
     from .checkpoint import CheckpointError
     from .models import ModelLoadError
 

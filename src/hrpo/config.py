@@ -88,10 +88,12 @@ class TrainConfig:
 # The quick-start preset for `hrpo train` on the embedded model: sized for ~15 minutes on 2 CPU cores and
 # tuned so that learning is visible in 40 steps (the paper's lr 5e-6 moves a 135M model too little that fast).
 EMBEDDED_PRESET: dict[str, Any] = {
-    "max_steps": 40,
+    "max_steps": 50,
     "prompts_per_step": 4,
-    "group_size": 4,
-    "micro_batch_size": 16,
+    "group_size": 6,
+    "micro_batch_size": 24,
+    "temperature": 1.0,
+    "dtype": "bfloat16",
     "max_prompt_length": 512,
     "max_new_tokens": 32,
     "lr": 2e-4,

@@ -99,7 +99,7 @@ def hidden_ratio(mean_a: torch.Tensor, mask: torch.Tensor) -> float:
     at each position and ``mask`` (...) bool marks the mixed positions. NaN when no position is mixed."""
     if not bool(mask.any()):
         return math.nan
-    values = mean_a.float()[mask]
+    values = mean_a.detach().float()[mask]
     return float(torch.sqrt((1.0 - values.square()).clamp_min(0.0)).mean())
 
 

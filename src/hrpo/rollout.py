@@ -11,6 +11,7 @@ several tokens and no prefix is ever re-decoded.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -177,6 +178,12 @@ def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig, generator: tor
     return tokens, logprobs, kept_probs, kept_ids
 
 
+def cache_argument(model) -> str:
+    """Name of the KV-cache keyword of ``model.forward``: 'cache' (transformers >= 5.2x) or 'past_key_values'."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """(B, T) 0/1 attention mask -> (B, T) positions counting real tokens from 0 (pads get 0)."""
     return (mask.long().cumsum(dim=-1) - 1).clamp_min(0)
@@ -205,9 +212,9 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, samplin
 
     attention_mask = prompt_mask.long()
     positions = position_ids_from_mask(attention_mask)
-    cache = DynamicCache(config=model.config)
+    cache = {cache_argument(model): DynamicCache(config=model.config)}
     out = model(inputs_embeds=embed(prompt_ids), attention_mask=attention_mask, position_ids=positions,
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                use_cache=True, logits_to_keep=1, **cache)
     next_position = positions[:, -1:] + 1
     vocab_size = out.logits.shape[-1]
 
@@ -245,7 +252,7 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, samplin
         gate_mean_out.append(mean_a[:, 0])
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
         out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=next_position,
-                    past_key_values=cache, use_cache=True)
+                    use_cache=True, **cache)
         next_position = next_position + 1
 
     return Rollout(

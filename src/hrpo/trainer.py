@@ -55,6 +55,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def quiet_libraries() -> None:
+    """Silence library progress bars and deprecation chatter that would break our own progress display."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def warmup_cosine(max_steps: int, warmup_ratio: float):
     """LR multiplier: linear warm-up over ceil(warmup_ratio * max_steps) steps, then cosine decay to 0."""
     warmup = math.ceil(warmup_ratio * max_steps)
@@ -90,6 +101,7 @@ def setup(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Trai
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.output_dir = str(run_dir)
     seed_everything(cfg.seed)
+    quiet_libraries()
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     if device.type == "cpu":

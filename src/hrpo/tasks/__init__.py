@@ -15,5 +15,10 @@ def get(name: str, **kwargs):
     return _TASKS[name](**kwargs)
 
 
+def register(name: str, factory) -> None:
+    """Make ``factory()`` (a class or function returning a task object) available as ``get(name)``."""
+    _TASKS[name] = factory
+
+
 def names() -> list[str]:
     return sorted(_TASKS)

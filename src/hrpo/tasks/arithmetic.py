@@ -10,11 +10,8 @@ import random
 
 from ..rewards import marker_count_ok, parse_number, text_after_marker
 
-SYSTEM_PROMPT = (
-    "A conversation between User and Assistant. The user asks a question, and the assistant solves it. The "
-    "assistant first thinks about the reasoning process in the mind and then provides the user with the answer. "
-    "The final answer is provided after the #### tag, i.e., {reasoning process} #### {answer}."
-)
+# Short on purpose: on CPU most of a step's compute is the prompt, and the 2-shot examples carry the format.
+SYSTEM_PROMPT = "Solve the problem. Write the final answer after ####."
 
 SHOTS = (
     ("What is 14 + 23?", "14 + 23 = 37 #### 37"),
@@ -28,7 +25,7 @@ class ArithmeticTask:
     name = "arithmetic"
     marker = "####"
 
-    def __init__(self, lo: int = 10, hi: int = 99, require_single_marker: bool = True):
+    def __init__(self, lo: int = 1, hi: int = 50, require_single_marker: bool = True):
         self.lo, self.hi = lo, hi
         self.require_single_marker = require_single_marker
 

@@ -1,0 +1,168 @@
+"""The rollout engine: marker tracking, discrete == model.generate, hybrid inputs, log-prob equivalence."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import LlamaConfig
+
+from conftest import ARCHS
+from hrpo import HybridGate, MarkerMatcher, SamplingConfig, generate
+from hrpo.models import load_model
+from hrpo.objective import completion_logprobs, rollout_inputs_embeds
+from hrpo.rollout import marker_matcher
+from hrpo.text import left_pad
+
+EOS = 2
+
+
+class ScriptedLM(torch.nn.Module):
+    """A stand-in causal LM whose call t puts all probability mass on ``script[row][t]``; records its inputs."""
+
+    def __init__(self, script: list[list[int]], vocab_size: int, hidden: int = 8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(vocab_size, hidden)
+        self.config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=1,
+                                  num_attention_heads=1, num_key_value_heads=1)
+        self.script, self.calls, self.vocab = script, [], vocab_size
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def forward(self, inputs_embeds, attention_mask=None, position_ids=None, use_cache=True, logits_to_keep=0,
+                cache=None):
+        t = len(self.calls)
+        self.calls.append(inputs_embeds.detach().clone())
+        logits = torch.zeros(inputs_embeds.shape[0], 1, self.vocab)
+        for row, tokens in enumerate(self.script):
+            logits[row, 0, tokens[min(t, len(tokens) - 1)]] = 30.0
+        return SimpleNamespace(logits=logits)
+
+
+def _pieces_matcher():
+    pieces = ["", "a", "#", "##", "x#", "#x", "###", "b"]
+    return MarkerMatcher(pieces, "####")
+
+
+def test_marker_matcher_states_on_synthetic_pieces():
+    m = _pieces_matcher()
+    assert m.scan([1, 2, 3, 2]) == 3  # a # ## #
+    assert m.scan([4, 6]) == 1  # x# ### -> "x####"
+    assert m.scan([2, 5, 3, 3]) == 3  # "# #x ## ##": the 'x' resets, then ## ## completes
+    assert m.scan([2, 0, 6]) == 2  # an empty piece keeps the state
+    assert m.scan([3, 7, 3]) is None
+
+
+def test_marker_split_over_several_real_tokens(tokenizer):
+    m = marker_matcher(tokenizer, "####")
+    hash1, hash2 = tokenizer.convert_tokens_to_ids(["#", "##"])
+    words = tokenizer.encode("so the sum is 7", add_special_tokens=False)
+    assert m.scan(words + [hash1, hash2, hash1]) == len(words) + 2
+    assert m.scan(words + [tokenizer.convert_tokens_to_ids("####")]) == len(words)
+    think = marker_matcher(tokenizer, "</think>")
+    ids = tokenizer.encode("hmm</think> 7", add_special_tokens=False)
+    end = think.scan(ids)
+    assert tokenizer.decode(ids[:end + 1]).endswith("</think>") and "</think>" not in tokenizer.decode(ids[:end])
+
+
+def test_thinking_span_ends_exactly_at_split_marker(tokenizer):
+    hash1, hash2 = tokenizer.convert_tokens_to_ids(["#", "##"])
+    words = tokenizer.encode(" so it is", add_special_tokens=False)
+    answer = tokenizer.encode(" 7", add_special_tokens=False)
+    script = [words + [hash2, hash1, hash1] + answer + [EOS],  # marker split as ## # #
+              words + [hash1] + answer + [EOS, EOS, EOS, EOS]]  # never completes the marker
+    vocab = len(tokenizer)
+    model = ScriptedLM(script, vocab)
+    gate = HybridGate(8)
+    prompt_ids, prompt_mask = left_pad([[5, 6, 7], [8, 9]], EOS)
+    rollout = generate(model, prompt_ids, prompt_mask, SamplingConfig(max_new_tokens=12, greedy=True),
+                       gate=gate, matcher=marker_matcher(tokenizer, "####", vocab), eos_token_ids=[EOS],
+                       pad_token_id=EOS)
+    n = len(words)
+    # row 0: thinking through the words, '##' and the first '#'; the '#' completing the marker is plain
+    assert rollout.thinking_mask[0].tolist()[: n + 5] == [True] * (n + 2) + [False] * 3
+    # row 1: never saw the marker, so every token before EOS is thinking; EOS and later are not
+    length1 = n + 1 + len(answer) + 1
+    assert rollout.thinking_mask[1].tolist()[:length1] == [True] * (length1 - 1) + [False]
+    assert rollout.completion_mask[1].tolist()[:length1 + 1] == [True] * length1 + [False]
+    # inputs fed back: the gated mix at thinking positions, the plain embedding elsewhere
+    for t in range(n + 4):
+        fed = model.calls[t + 1][0, 0]
+        token = torch.tensor([script[0][t]])
+        plain = model.embed(token)[0]
+        mixed, _ = gate(plain[None], rollout.latents[0, t][None])
+        expected = mixed[0] if rollout.thinking_mask[0, t] else plain
+        assert torch.allclose(fed, expected, atol=1e-6), t
+    # the prompt is prefilled with plain embeddings
+    assert torch.equal(model.calls[0], model.embed(prompt_ids))
+
+
+def test_scripted_latent_of_near_one_hot_is_the_token_embedding(tokenizer):
+    model = ScriptedLM([[11, 12, EOS]], len(tokenizer))
+    prompt_ids, prompt_mask = left_pad([[5, 6]], EOS)
+    rollout = generate(model, prompt_ids, prompt_mask, SamplingConfig(max_new_tokens=4, temperature=0.5),
+                       gate=HybridGate(8), matcher=marker_matcher(tokenizer, "####", len(tokenizer)),
+                       eos_token_ids=[EOS], pad_token_id=EOS)
+    assert rollout.completion_ids[0].tolist()[:3] == [11, 12, EOS]
+    assert torch.allclose(rollout.latents[0, 0], model.embed.weight[11], atol=1e-4)
+
+
+def _prompts(tokenizer, texts):
+    rows = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    return left_pad(rows, tokenizer.pad_token_id)
+
+
+PROMPTS = ["What is 2 + 3?", "Tell me a long story about a cat who lived", "Hi"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_discrete_greedy_equals_model_generate(arch, tiny_model_dirs, tokenizer):
+    lm = load_model(str(tiny_model_dirs[arch]))
+    ids, mask = _prompts(tokenizer, PROMPTS)
+    assert len(set(mask.sum(1).tolist())) == 3  # really different prompt lengths, left-padded
+    rollout = generate(lm.model, ids, mask, SamplingConfig(max_new_tokens=12, greedy=True), gate=None,
+                       matcher=None, eos_token_ids=[EOS], pad_token_id=EOS)
+    expected = lm.model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
+                                 eos_token_id=EOS, pad_token_id=EOS)[:, ids.shape[1]:]
+    ours = rollout.completion_ids
+    width = min(ours.shape[1], expected.shape[1])
+    assert width >= 1
+    assert torch.equal(ours[:, :width], expected[:, :width])
+    # beyond the shorter of the two, both must be padding
+    assert (ours[:, width:] == EOS).all() and (expected[:, width:] == EOS).all()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("mode", ["hybrid", "discrete"])
+def test_rollout_logprobs_equal_training_logprobs(arch, mode, tiny_model_dirs, tokenizer):
+    lm = load_model(str(tiny_model_dirs[arch]))
+    torch.manual_seed(0)
+    gate = HybridGate(lm.model.config.hidden_size, r_min=0.5, r_max=0.9) if mode == "hybrid" else None
+    ids, mask = _prompts(tokenizer, PROMPTS)
+    sampling = SamplingConfig(max_new_tokens=10, temperature=0.7, top_k=50)
+    rollout = generate(lm.model, ids, mask, sampling, gate=gate, matcher=marker_matcher(tokenizer, "####"),
+                       eos_token_ids=[EOS], pad_token_id=EOS, generator=torch.Generator().manual_seed(1))
+    if mode == "hybrid":
+        assert rollout.thinking_mask.any()
+    with torch.no_grad():
+        embeds, _ = rollout_inputs_embeds(lm.model, gate, rollout)
+        logprobs = completion_logprobs(lm.model, rollout, embeds, temperature=0.7)
+    real = rollout.completion_mask
+    torch.testing.assert_close(logprobs[real], rollout.logprobs[real], atol=2e-5, rtol=1e-5)
+    if mode == "hybrid":  # the mix matters: plain inputs give different log-probs
+        with torch.no_grad():
+            plain, _ = rollout_inputs_embeds(lm.model, None, rollout)
+            other = completion_logprobs(lm.model, rollout, plain, temperature=0.7)
+        assert (other[real] - rollout.logprobs[real]).abs().max() > 1e-4
+
+
+def test_sampling_is_reproducible_with_a_seeded_generator(tiny_model_dirs, tokenizer):
+    lm = load_model(str(tiny_model_dirs["llama"]))
+    ids, mask = _prompts(tokenizer, PROMPTS)
+    gate = HybridGate(lm.model.config.hidden_size)
+    runs = [generate(lm.model, ids, mask, SamplingConfig(max_new_tokens=8, temperature=1.0), gate=gate,
+                     matcher=marker_matcher(tokenizer, "####"), eos_token_ids=[EOS], pad_token_id=EOS,
+                     generator=torch.Generator().manual_seed(3)) for _ in range(2)]
+    assert torch.equal(runs[0].completion_ids, runs[1].completion_ids)
+    assert torch.equal(runs[0].latents, runs[1].latents)
