@@ -166,3 +166,18 @@ def test_sampling_is_reproducible_with_a_seeded_generator(tiny_model_dirs, token
                      generator=torch.Generator().manual_seed(3)) for _ in range(2)]
     assert torch.equal(runs[0].completion_ids, runs[1].completion_ids)
     assert torch.equal(runs[0].latents, runs[1].latents)
+
+
+def test_shared_prompt_prefill_matches_per_row_prefill(tiny_model_dirs, tokenizer):
+    lm = load_model(str(tiny_model_dirs["gemma3"]))
+    ids, mask = _prompts(tokenizer, PROMPTS)
+    ids, mask = ids.repeat_interleave(2, dim=0), mask.repeat_interleave(2, dim=0)
+    gate = HybridGate(lm.model.config.hidden_size, r_min=0.5, r_max=0.9)
+    kwargs = dict(gate=gate, matcher=marker_matcher(tokenizer, "####"), eos_token_ids=[EOS], pad_token_id=EOS)
+    sampling = SamplingConfig(max_new_tokens=8, temperature=1.0)
+    shared = generate(lm.model, ids, mask, sampling, generator=torch.Generator().manual_seed(5), group_size=2,
+                      **kwargs)
+    single = generate(lm.model, ids, mask, sampling, generator=torch.Generator().manual_seed(5), **kwargs)
+    assert torch.equal(shared.completion_ids, single.completion_ids)
+    torch.testing.assert_close(shared.logprobs, single.logprobs, atol=1e-5, rtol=1e-5)
+    assert shared.completion_ids[0].tolist() != shared.completion_ids[1].tolist()  # samples still differ

@@ -39,12 +39,49 @@ def _generate_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="Print one JSON object instead of the text.")
 
 
+def _eval_parser(sub) -> None:
+    from .tasks import DATA_HELP
+
+    p = sub.add_parser("eval", help="Evaluate a base model or a trained adapter on one or more tasks.",
+                       description="Batched greedy (default) or sampled decoding with the same hybrid mixing as "
+                                   "training; writes eval_<task>.json and eval_<task>_examples.jsonl.",
+                       epilog=DATA_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="Hub id, local directory or 'embedded' (default: the adapter's "
+                                                 "base model, else embedded).")
+    p.add_argument("--adapter", default=None, metavar="RUN_DIR", help="Run or checkpoint directory to load.")
+    p.add_argument("--task", action="append", required=True, metavar="T", help="Task name (repeatable).")
+    p.add_argument("--data", action="append", default=None, metavar="PATH",
+                   help="Local data instead of the hub (see below; repeatable, one per --task).")
+    p.add_argument("--split", default="test", help="Data split (default: test).")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="Evaluate the first N examples only.")
+    p.add_argument("--batch-size", type=int, default=32, help="Prompts per decoding batch (default: 32).")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--greedy", action="store_true", help="Greedy decoding (the default).")
+    how.add_argument("--temperature", type=float, default=None, metavar="X",
+                     help="Sample at temperature X instead of greedy decoding.")
+    p.add_argument("--mode", choices=("hybrid", "discrete"), default=None,
+                   help="Decoding mode (default: the run's mode, hybrid without an adapter).")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="Maximum new tokens (default: 512).")
+    p.add_argument("--max-prompt-tokens", type=int, default=1024,
+                   help="Keep the last N prompt tokens (default: 1024).")
+    p.add_argument("--prompt-format", choices=("hash", "think"), default=None,
+                   help="'hash': answer after '####' (the reference's prompt); 'think': <think>...</think> answer "
+                        "(default: the adapter run's marker, else hash).")
+    p.add_argument("--output-dir", default=None, metavar="DIR",
+                   help="Report directory (default: the adapter directory, else runs/eval-<time>).")
+    p.add_argument("--seed", type=int, default=0, help="Sampling seed.")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="No progress bar.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hrpo", description="Hybrid latent reasoning via reinforcement "
                                                                "learning (HRPO, arXiv 2505.18454).")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _generate_parser(sub)
+    _eval_parser(sub)
     return parser
 
 
@@ -80,6 +117,45 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from . import tasks
+    from .evaluate import evaluate, summary_table, write_report
+
+    data = args.data or []
+    if len(data) > 1 and len(data) != len(args.task):
+        raise ConfigError(f"--data was given {len(data)} times for {len(args.task)} tasks: give it once for all "
+                          f"tasks or once per --task, in the same order")
+    jobs = []  # load every task's data before the model, so bad data fails fast
+    for i, name in enumerate(args.task):
+        path = data[i] if len(data) > 1 else (data[0] if data else None)
+        jobs.append((name, path, tasks.get(name).load(args.split, data_path=path, limit=args.limit)))
+    from .policy import load_policy
+
+    policy = load_policy(args.model, args.adapter, args.mode, dtype=args.dtype, device=args.device)
+    prompt_format = args.prompt_format or ("think" if policy.marker == "</think>" else "hash")
+    out_dir = Path(args.output_dir or args.adapter or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
+    rows = []
+    for name, path, examples in jobs:
+        task = tasks.get(name, prompt_format=prompt_format)
+        result = evaluate(policy, task, examples, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                          greedy=args.temperature is None, temperature=args.temperature, progress=not args.quiet,
+                          max_prompt_tokens=args.max_prompt_tokens, seed=args.seed)
+        meta = {"model": args.model, "adapter": args.adapter, "mode": policy.mode, "split": args.split,
+                "data": path or "hub", "limit": args.limit, "prompt_format": prompt_format,
+                "marker": task.marker, "greedy": args.temperature is None, "temperature": args.temperature,
+                "latent_temperature": policy.temperature, "max_new_tokens": args.max_new_tokens,
+                "max_prompt_tokens": args.max_prompt_tokens, "batch_size": args.batch_size, "seed": args.seed}
+        json_path, _ = write_report(result, out_dir, task.name, meta)
+        rows.append({"task": task.name, "metrics": result["metrics"], "path": json_path})
+    Console().print(summary_table(rows))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .trainer import quiet_libraries
@@ -89,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     from .models import ModelLoadError
 
     try:
-        return {"train": cmd_train, "generate": cmd_generate}[args.command](args)
+        return {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval}[args.command](args)
     except (ConfigError, ModelLoadError, CheckpointError) as exc:
         print(f"hrpo {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -178,6 +178,15 @@ def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig, generator: tor
     return tokens, logprobs, kept_probs, kept_ids
 
 
+def _rows_repeat(ids: torch.Tensor, mask: torch.Tensor, group_size: int) -> bool:
+    """True when rows come in runs of ``group_size`` identical prompts."""
+    if ids.shape[0] % group_size:
+        return False
+    first = ids[::group_size].repeat_interleave(group_size, dim=0)
+    first_mask = mask[::group_size].repeat_interleave(group_size, dim=0)
+    return bool(torch.equal(first, ids) and torch.equal(first_mask, mask))
+
+
 def cache_argument(model) -> str:
     """Name of the KV-cache keyword of ``model.forward``: 'cache' (transformers >= 5.2x) or 'past_key_values'."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -192,12 +201,13 @@ def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampling: SamplingConfig, *,
              gate: HybridGate | None, matcher: MarkerMatcher | None, eos_token_ids: list[int], pad_token_id: int,
-             generator: torch.Generator | None = None) -> Rollout:
+             generator: torch.Generator | None = None, group_size: int = 1) -> Rollout:
     """Sample completions for left-padded prompts (B, P). ``gate=None`` gives discrete (GRPO) rollouts.
 
     ``model`` is any HF causal LM (or PeftModel) accepting ``inputs_embeds``, ``attention_mask``,
-    ``position_ids`` and ``past_key_values``. Decoding stops when every row has produced an EOS or after
-    ``sampling.max_new_tokens`` tokens.
+    ``position_ids`` and a KV cache. Decoding stops when every row has produced an EOS or after
+    ``sampling.max_new_tokens`` tokens. With ``group_size`` G > 1, rows come in runs of G identical prompts
+    (the G samples of one question): each prompt is prefilled once and its KV cache shared by the group.
     """
     from transformers import DynamicCache
 
@@ -213,16 +223,22 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, samplin
     attention_mask = prompt_mask.long()
     positions = position_ids_from_mask(attention_mask)
     cache = {cache_argument(model): DynamicCache(config=model.config)}
-    out = model(inputs_embeds=embed(prompt_ids), attention_mask=attention_mask, position_ids=positions,
-                use_cache=True, logits_to_keep=1, **cache)
+    shared = group_size > 1 and _rows_repeat(prompt_ids, prompt_mask, group_size)
+    rows = slice(None, None, group_size) if shared else slice(None)
+    out = model(inputs_embeds=embed(prompt_ids[rows]), attention_mask=attention_mask[rows],
+                position_ids=positions[rows], use_cache=True, logits_to_keep=1, **cache)
+    last_logits = out.logits[:, -1]
+    if shared:
+        next(iter(cache.values())).batch_repeat_interleave(group_size)
+        last_logits = last_logits.repeat_interleave(group_size, dim=0)
     next_position = positions[:, -1:] + 1
-    vocab_size = out.logits.shape[-1]
+    vocab_size = last_logits.shape[-1]
 
     tokens_out, logprobs_out, real_out, thinking_out, latents_out, gate_mean_out = [], [], [], [], [], []
     state = torch.zeros(batch, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     for step in range(max_new):
-        tokens, logprobs, kept_probs, kept_ids = sample_tokens(out.logits[:, -1], sampling, generator)
+        tokens, logprobs, kept_probs, kept_ids = sample_tokens(last_logits, sampling, generator)
         tokens = tokens.masked_fill(finished, pad_token_id)
         real_out.append(~finished)
         finished = finished | torch.isin(tokens, eos)
@@ -253,6 +269,7 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, samplin
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
         out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=next_position,
                     use_cache=True, **cache)
+        last_logits = out.logits[:, -1]
         next_position = next_position + 1
 
     return Rollout(

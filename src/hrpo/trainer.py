@@ -177,7 +177,8 @@ def train_step(trainer: Trainer) -> dict:
     model.eval()
     rollout = generate(model, prompt_ids, prompt_mask, sampling_config(cfg), gate=trainer.gate,
                        matcher=trainer.matcher, eos_token_ids=trainer.eos_ids,
-                       pad_token_id=trainer.tokenizer.pad_token_id, generator=generator)
+                       pad_token_id=trainer.tokenizer.pad_token_id, generator=generator,
+                       group_size=cfg.group_size)
     t_rollout = time.perf_counter()
 
     completions = decode_completions(trainer.tokenizer, rollout.completion_ids, rollout.completion_mask)
@@ -262,8 +263,10 @@ def _progress():
                     TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), transient=False)
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = None, quiet: bool = False) -> Path:
-    """Train until ``cfg.max_steps``; returns the run directory (config.yaml, metrics.jsonl, checkpoint-N/)."""
+def train(cfg: TrainConfig, resume: str | Path | None = None, quiet: bool = False,
+          stop_at: int | None = None) -> Path:
+    """Train until ``cfg.max_steps`` (or step ``stop_at``, checkpointing there, as if interrupted); returns the
+    run directory (config.yaml, metrics.jsonl, checkpoint-N/)."""
     from rich.console import Console
 
     console = Console(stderr=True, quiet=quiet)
@@ -278,7 +281,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, quiet: bool = Fals
     last_saved = trainer.step
     with _progress() as progress, metrics_path.open("a") as sink:
         bar = progress.add_task("train", total=cfg.max_steps, completed=trainer.step, stats="")
-        while trainer.step < cfg.max_steps:
+        while trainer.step < min(cfg.max_steps, stop_at or cfg.max_steps):
             metrics = train_step(trainer)
             sink.write(json.dumps(metrics) + "\n")
             sink.flush()

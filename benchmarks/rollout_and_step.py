@@ -1,0 +1,115 @@
+"""Rollout throughput (hybrid vs discrete vs HF generate) and one training step's time split. Prints JSON.
+
+    python benchmarks/rollout_and_step.py [--model embedded] [--batch 8] [--new-tokens 64] [--dtype bfloat16]
+
+All three decoders run in one process on the same left-padded prompts with the same sampling settings
+(temperature 0.5, top-k 50) and decode exactly --new-tokens tokens (EOS ignored), so ratios are comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from hrpo import tasks
+from hrpo.config import build_config
+from hrpo.gate import HybridGate
+from hrpo.models import load_model, resolve_device
+from hrpo.rollout import SamplingConfig, generate, marker_matcher
+from hrpo.text import encode_prompts
+from hrpo.trainer import quiet_libraries, setup, train_step
+
+
+def timed(fn, repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up run (seconds)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def rollout_benchmark(args) -> dict:
+    device = resolve_device(args.device)
+    lm = load_model(args.model, dtype=getattr(torch, args.dtype), device=device)
+    task = tasks.get("arithmetic")
+    examples = task.examples(args.batch, seed=0)
+    ids, mask = encode_prompts(lm.tokenizer, [task.messages(e) for e in examples], 512, device)
+    sampling = SamplingConfig(max_new_tokens=args.new_tokens, temperature=0.5, top_k=50)
+    hidden = lm.model.get_input_embeddings().weight.shape[1]
+    gate = HybridGate(hidden).to(device)
+    matcher = marker_matcher(lm.tokenizer, "####", lm.model.get_input_embeddings().weight.shape[0])
+    no_eos = [-1]  # never stop early: every decoder produces exactly new_tokens tokens
+
+    def ours(g):
+        return lambda: generate(lm.model, ids, mask, sampling, gate=g, matcher=matcher, eos_token_ids=no_eos,
+                                pad_token_id=lm.tokenizer.pad_token_id,
+                                generator=torch.Generator(device=device).manual_seed(0))
+
+    def hf_generate():
+        with torch.no_grad():
+            out = lm.model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=0.5, top_k=50,
+                                    top_p=1.0, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                    pad_token_id=lm.tokenizer.pad_token_id)
+        assert out.shape[1] - ids.shape[1] == args.new_tokens
+
+    seconds = {"hybrid": timed(ours(gate), args.repeats), "discrete": timed(ours(None), args.repeats),
+               "hf_generate": timed(hf_generate, args.repeats)}
+    new_tokens = args.batch * args.new_tokens
+    result = {name: {"seconds": s, "new_tokens_per_s": new_tokens / s, "steps_per_s": args.new_tokens / s}
+              for name, s in seconds.items()}
+    result["ratios"] = {
+        "hybrid_over_hf_generate": seconds["hf_generate"] / seconds["hybrid"],
+        "discrete_over_hf_generate": seconds["hf_generate"] / seconds["discrete"],
+        "hybrid_cost_over_discrete": seconds["hybrid"] / seconds["discrete"] - 1.0,
+    }
+    result["prompt_tokens"] = int(ids.shape[1])
+    return result
+
+
+def step_benchmark(args) -> dict:
+    cfg = build_config(cli_values={"model": args.model, "dtype": args.dtype, "device": args.device,
+                                   "max_new_tokens": args.new_tokens, "prompts_per_step": max(1, args.batch // 4),
+                                   "group_size": 4, "micro_batch_size": args.batch,
+                                   "output_dir": "/tmp/hrpo-bench-run"})
+    trainer = setup(cfg, log=lambda *a: None)
+    train_step(trainer)  # warm-up
+    rows = [train_step(trainer) for _ in range(args.repeats)]
+    keys = ("timing/rollout_s", "timing/reference_s", "timing/policy_s", "timing/step_s")
+    out = {k.split("/")[1]: statistics.median(r[k] for r in rows) for k in keys}
+    out["completions"] = cfg.prompts_per_step * cfg.group_size
+    out["mean_completion_length"] = statistics.mean(r["completions/mean_length"] for r in rows)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-step", action="store_true", help="Only the rollout benchmark.")
+    args = parser.parse_args()
+    quiet_libraries()
+    report = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+              "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "model": args.model,
+              "dtype": args.dtype, "batch": args.batch, "new_tokens": args.new_tokens,
+              "rollout": rollout_benchmark(args)}
+    if not args.skip_step:
+        report["train_step"] = step_benchmark(args)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
