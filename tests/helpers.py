@@ -4,6 +4,10 @@
 class LengthParityTask:
     name = "parity"
     marker = "####"
+    procedural = True
+
+    def __init__(self, **kwargs):
+        pass
 
     def examples(self, n: int, seed: int = 0) -> list[dict]:
         return [{"question": f"Count to {i % 7 + 2}.", "answer": ""} for i in range(n)]

@@ -181,3 +181,27 @@ def test_shared_prompt_prefill_matches_per_row_prefill(tiny_model_dirs, tokenize
     assert torch.equal(shared.completion_ids, single.completion_ids)
     torch.testing.assert_close(shared.logprobs, single.logprobs, atol=1e-5, rtol=1e-5)
     assert shared.completion_ids[0].tolist() != shared.completion_ids[1].tolist()  # samples still differ
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3"])
+def test_shared_prompt_training_forward_matches_full_forward(arch, tiny_model_dirs, tokenizer):
+    lm = load_model(str(tiny_model_dirs[arch]))
+    ids, mask = _prompts(tokenizer, PROMPTS)
+    ids, mask = ids.repeat_interleave(3, dim=0), mask.repeat_interleave(3, dim=0)
+    gate = HybridGate(lm.model.config.hidden_size, r_min=0.5, r_max=0.9)
+    rollout = generate(lm.model, ids, mask, SamplingConfig(max_new_tokens=7, temperature=1.0), gate=gate,
+                       matcher=marker_matcher(tokenizer, "####"), eos_token_ids=[EOS], pad_token_id=EOS,
+                       generator=torch.Generator().manual_seed(2), group_size=3)
+    results = []
+    for group_size in (1, 3):
+        gate.zero_grad()
+        embeds, _ = rollout_inputs_embeds(lm.model, gate, rollout)
+        logprobs = completion_logprobs(lm.model, rollout, embeds, 1.0, group_size=group_size)
+        (logprobs * rollout.completion_mask).sum().backward()
+        results.append((logprobs.detach(), gate.Lambda.grad.clone(), gate.gate_r.weight.grad.clone()))
+    (lp1, l1, w1), (lp3, l3, w3) = results
+    real = rollout.completion_mask
+    torch.testing.assert_close(lp3[real], lp1[real], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(lp3[real], rollout.logprobs[real], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(l3, l1, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(w3, w1, atol=1e-5, rtol=1e-4)

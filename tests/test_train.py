@@ -98,3 +98,27 @@ def test_resume_is_exact(tmp_path, tiny_model_dirs):
     for la, lb in zip(lines_a, lines_b):
         ma, mb = json.loads(la), json.loads(lb)
         assert ma["reward"] == mb["reward"] and ma["loss"] == mb["loss"]
+
+
+def test_periodic_eval_logs_accuracy(tmp_path, tiny_model_dirs):
+    from pathlib import Path
+    import json
+
+    fixture = Path(__file__).parent / "fixtures" / "gsm8k.jsonl"
+    values = {**tiny_train_args(tiny_model_dirs["llama"], tmp_path / "run", steps=2), "eval_task": "gsm8k",
+              "eval_data": str(fixture), "eval_every": 1, "eval_limit": 3}
+    run = train(build_config(cli_values=values), quiet=True)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(0.0 <= m["eval/gsm8k/accuracy"] <= 1.0 for m in lines) and len(lines) == 2
+
+
+def test_bad_training_data_fails_before_model_load(tmp_path):
+    from hrpo.data import DataError
+    import pytest
+
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"question": "q1", "answer": "#### 3"}\n{"question": 5, "answer": "#### 4"}\n')
+    cfg = build_config(cli_values={"model": str(tmp_path / "no-such-model"), "task": "gsm8k", "data": str(bad),
+                                   "output_dir": str(tmp_path / "run")})
+    with pytest.raises(DataError, match=r"train.jsonl.*line 2.*question"):
+        setup(cfg, log=lambda *a: None)

@@ -37,7 +37,11 @@ class TrainConfig:
     model: str = _f(EMBEDDED_MODEL, "Hub id, local model directory, or 'embedded' (SmolLM2-135M-Instruct).")
     mode: str = _f("hybrid", "hybrid = HRPO (gated latent mixing); discrete = GRPO baseline (gate off).",
                    choices=MODES)
-    task: str = _f("arithmetic", "Training task (the embedded procedural task: 'arithmetic').")
+    task: str = _f("arithmetic", "Training task: arithmetic (embedded), gsm8k, math, math500, mmlu_stem, arc_c, "
+                                 "mmlu_arc_train, nq, triviaqa, hotpotqa, 2wiki, bamboogle.")
+    data: str | None = _f(None, "Local training data for the task (jsonl, json, parquet or a saved HF dataset).")
+    prompt_format: str = _f("hash", "Prompt format: hash ('####' marker) or think ('</think>' marker).",
+                            choices=("hash", "think"))
     output_dir: str | None = _f(None, "Run directory (default: runs/<mode>-<timestamp>).")
     seed: int = _f(42, "Seed for data order, sampling and initialisation.")
     # batch geometry
@@ -51,7 +55,7 @@ class TrainConfig:
     temperature: float = _f(0.5, "Sampling temperature (also shapes the latent distribution).")
     top_k: int = _f(50, "Top-k for sampling and the latent (0 = off).")
     top_p: float = _f(1.0, "Nucleus top-p for sampling and the latent (1.0 = off).")
-    marker: str = _f("####", "Answer marker: the thinking span ends when it has been generated.")
+    marker: str | None = _f(None, "Answer marker ending the thinking span (default: the prompt format's).")
     logprob_temperature: float | None = _f(
         None, "Temperature of training log-probs (default: the sampling temperature; 1.0 = reference code).")
     # objective
@@ -72,6 +76,11 @@ class TrainConfig:
     r_min: float = _f(0.99, "Lower bound of the initial gate decay u ~ U[r_min, r_max].")
     r_max: float = _f(0.999, "Upper bound of the initial gate decay.")
     gate_c: float = _f(8.0, "Gate constant c in a = exp(-c softplus(-Lambda) r).")
+    # periodic evaluation
+    eval_task: str | None = _f(None, "Task evaluated every eval_every steps (greedy); logs eval/<task>/accuracy.")
+    eval_data: str | None = _f(None, "Local data for eval_task (default: the task's hub test split).")
+    eval_every: int = _f(0, "Evaluate every N steps and at the end (0 = never).")
+    eval_limit: int = _f(100, "Examples per periodic evaluation.")
     # runtime
     dtype: str = _f("auto", "Model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.",
                     choices=DTYPES)
@@ -88,15 +97,15 @@ class TrainConfig:
 # The quick-start preset for `hrpo train` on the embedded model: sized for ~15 minutes on 2 CPU cores and
 # tuned so that learning is visible in 40 steps (the paper's lr 5e-6 moves a 135M model too little that fast).
 EMBEDDED_PRESET: dict[str, Any] = {
-    "max_steps": 50,
-    "prompts_per_step": 4,
-    "group_size": 6,
-    "micro_batch_size": 24,
+    "max_steps": 60,
+    "prompts_per_step": 8,
+    "group_size": 4,
+    "micro_batch_size": 32,
     "temperature": 1.0,
     "dtype": "bfloat16",
     "max_prompt_length": 512,
     "max_new_tokens": 32,
-    "lr": 2e-4,
+    "lr": 1e-4,
     "gate_lr": 1e-3,
     "lambda_lr": 1e-2,
     "max_grad_norm": 1.0,
@@ -209,8 +218,16 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("adam_beta1", "adam_beta2"):
         if not 0.0 <= getattr(cfg, key) < 1.0:
             bad(key, "must be in [0, 1)")
-    if not cfg.marker:
+    if cfg.marker is not None and not cfg.marker:
         bad("marker", "must be a non-empty string")
+    if cfg.prompt_format not in ("hash", "think"):
+        bad("prompt_format", "must be hash or think")
+    if cfg.eval_every < 0:
+        bad("eval_every", "must be >= 0")
+    if cfg.eval_limit < 1:
+        bad("eval_limit", "must be >= 1")
+    if cfg.eval_every > 0 and not cfg.eval_task:
+        bad("eval_every", "needs eval_task")
     if cfg.gate_c <= 0:
         bad("gate_c", "must be > 0")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .gate import HybridGate, mix_inputs
-from .rollout import Rollout, position_ids_from_mask
+from .rollout import Rollout, cache_argument, position_ids_from_mask, rows_repeat
 
 ADVANTAGE_EPS = 1e-4
 LOG_RATIO_CLAMP = 20.0
@@ -54,18 +54,34 @@ def rollout_inputs_embeds(model, gate: HybridGate | None, rollout: Rollout) -> t
     return mix_inputs(gate, token_embeds, latents, thinking)
 
 
-def completion_logprobs(model, rollout: Rollout, inputs_embeds: torch.Tensor, temperature: float) -> torch.Tensor:
+def completion_logprobs(model, rollout: Rollout, inputs_embeds: torch.Tensor, temperature: float,
+                        group_size: int = 1) -> torch.Tensor:
     """Log-probs (B, C) fp32 of the completion tokens under ``model`` fed ``inputs_embeds`` (B, P + C, H).
 
     One parallel forward with the rollout's attention mask and position ids; logits only for completion
-    positions; log-softmax in fp32 at ``temperature``, one sequence at a time to bound memory.
+    positions; log-softmax in fp32 at ``temperature``, one sequence at a time to bound memory. With
+    ``group_size`` G > 1 and rows in runs of G identical prompts, each prompt is run once and its KV cache
+    (with its autograd graph) shared by the G completions: the same values at about 1/G of the prompt cost.
     """
     attention_mask = rollout.attention_mask
-    completion_len = rollout.completion_ids.shape[1]
-    out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                position_ids=position_ids_from_mask(attention_mask), use_cache=False,
-                logits_to_keep=completion_len + 1)
-    logits = out.logits[:, :-1]  # position P-1+t predicts completion token t
+    positions = position_ids_from_mask(attention_mask)
+    prompt_len, completion_len = rollout.prompt_ids.shape[1], rollout.completion_ids.shape[1]
+    if group_size > 1 and rows_repeat(rollout.prompt_ids, rollout.prompt_mask, group_size):
+        from transformers import DynamicCache
+
+        cache = {cache_argument(model): DynamicCache(config=model.config)}
+        heads = slice(None, None, group_size)
+        prefix = model(inputs_embeds=inputs_embeds[heads, :prompt_len], attention_mask=attention_mask[heads, :prompt_len],
+                       position_ids=positions[heads, :prompt_len], use_cache=True, logits_to_keep=1, **cache)
+        next(iter(cache.values())).batch_repeat_interleave(group_size)
+        rest = model(inputs_embeds=inputs_embeds[:, prompt_len:], attention_mask=attention_mask,
+                     position_ids=positions[:, prompt_len:], use_cache=True, **cache)
+        first = prefix.logits[:, -1:].repeat_interleave(group_size, dim=0)
+        logits = torch.cat([first, rest.logits[:, :-1]], dim=1)
+    else:
+        out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=positions,
+                    use_cache=False, logits_to_keep=completion_len + 1)
+        logits = out.logits[:, :-1]  # position P-1+t predicts completion token t
     rows = []
     for i in range(logits.shape[0]):
         scores = logits[i].float() / temperature

@@ -178,7 +178,7 @@ def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig, generator: tor
     return tokens, logprobs, kept_probs, kept_ids
 
 
-def _rows_repeat(ids: torch.Tensor, mask: torch.Tensor, group_size: int) -> bool:
+def rows_repeat(ids: torch.Tensor, mask: torch.Tensor, group_size: int) -> bool:
     """True when rows come in runs of ``group_size`` identical prompts."""
     if ids.shape[0] % group_size:
         return False
@@ -223,7 +223,7 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, samplin
     attention_mask = prompt_mask.long()
     positions = position_ids_from_mask(attention_mask)
     cache = {cache_argument(model): DynamicCache(config=model.config)}
-    shared = group_size > 1 and _rows_repeat(prompt_ids, prompt_mask, group_size)
+    shared = group_size > 1 and rows_repeat(prompt_ids, prompt_mask, group_size)
     rows = slice(None, None, group_size) if shared else slice(None)
     out = model(inputs_embeds=embed(prompt_ids[rows]), attention_mask=attention_mask[rows],
                 position_ids=positions[rows], use_cache=True, logits_to_keep=1, **cache)

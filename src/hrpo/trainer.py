@@ -46,6 +46,8 @@ class Trainer:
     matcher: object
     eos_ids: list[int]
     device: torch.device
+    eval_task: object = None
+    eval_examples: list[dict] | None = None
     step: int = 0
 
 
@@ -106,6 +108,7 @@ def setup(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Trai
     dtype = resolve_dtype(cfg.dtype, device)
     if device.type == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
+    task, examples, eval_task, eval_examples = load_task_data(cfg)
     log(f"loading model '{cfg.model}' ({dtype}, {device})")
     loaded = load_model(cfg.model, dtype=dtype, device=device)
     model = add_lora(loaded.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, seed=cfg.seed)
@@ -119,18 +122,37 @@ def setup(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Trai
         gate.reset_parameters(generator=gen)
         gate.to(device)
         matcher = marker_matcher(loaded.tokenizer, cfg.marker, model.get_input_embeddings().weight.shape[0])
-    task = tasks.get(cfg.task)
-    examples = task.examples(cfg.num_train_examples, seed=cfg.seed)
     optimizer, scheduler = build_optimizer(cfg, model, gate)
     trainer = Trainer(cfg=cfg, run_dir=run_dir, model=model, tokenizer=loaded.tokenizer, gate=gate, task=task,
                       examples=examples, optimizer=optimizer, scheduler=scheduler, matcher=matcher,
-                      eos_ids=eos_token_ids(loaded.model, loaded.tokenizer), device=device)
+                      eos_ids=eos_token_ids(loaded.model, loaded.tokenizer), device=device, eval_task=eval_task,
+                      eval_examples=eval_examples)
     if resume:
         ckpt = find_checkpoint(run_dir)
         trainer.step = load_checkpoint(ckpt, model, gate, optimizer, scheduler)
         log(f"resumed from {ckpt} (step {trainer.step})")
     save_yaml(cfg, run_dir / CONFIG_FILE)
     return trainer
+
+
+def load_task_data(cfg: TrainConfig):
+    """(task, training examples, eval task or None, eval examples or None); resolves ``cfg.marker``.
+    Bad data raises DataError here, before the model is loaded."""
+    task = tasks.get(cfg.task, prompt_format=cfg.prompt_format, data_path=cfg.data)
+    cfg.marker = cfg.marker or task.marker
+    eval_task = eval_examples = None
+    if cfg.eval_task:
+        eval_task = tasks.get(cfg.eval_task, prompt_format=cfg.prompt_format, data_path=cfg.eval_data)
+        eval_examples = eval_task.load("test", limit=cfg.eval_limit)
+    return task, training_examples(task, cfg), eval_task, eval_examples
+
+
+def training_examples(task, cfg: TrainConfig) -> list[dict]:
+    """The training set: ``num_train_examples`` generated rows for a procedural task without --data, else the
+    task's whole train split (validated before any training starts)."""
+    if getattr(task, "procedural", False) and not cfg.data:
+        return task.examples(cfg.num_train_examples, seed=cfg.seed)
+    return task.load("train")
 
 
 def batch_examples(trainer: Trainer, step: int) -> list[dict]:
@@ -162,7 +184,7 @@ def reference_logprobs(trainer: Trainer, rollout: Rollout, temperature: float) -
         for mb in micro_batches(rollout.completion_ids.shape[0], trainer.cfg.micro_batch_size):
             part = rollout.select(mb)
             embeds, _ = rollout_inputs_embeds(model, None, part)
-            rows.append(completion_logprobs(model, part, embeds, temperature))
+            rows.append(completion_logprobs(model, part, embeds, temperature, trainer.cfg.group_size))
     return torch.cat(rows)
 
 
@@ -196,7 +218,7 @@ def train_step(trainer: Trainer) -> dict:
     for mb in micro_batches(n, cfg.micro_batch_size):
         part = rollout.select(mb)
         embeds, _ = rollout_inputs_embeds(model, trainer.gate, part)
-        logprobs = completion_logprobs(model, part, embeds, lp_temperature)
+        logprobs = completion_logprobs(model, part, embeds, lp_temperature, cfg.group_size)
         loss, stats = hrpo_loss(logprobs, None if ref_logprobs is None else ref_logprobs[mb], advantages[mb],
                                 part.completion_mask, cfg.beta, num_sequences=n)
         loss.backward()
@@ -255,6 +277,23 @@ def train_step(trainer: Trainer) -> dict:
     }
 
 
+def periodic_eval(trainer: Trainer) -> dict:
+    """Greedy evaluation of the live policy on the eval task: ``eval/<task>/{accuracy,format_rate}``."""
+    from .evaluate import evaluate
+    from .policy import Policy
+
+    cfg = trainer.cfg
+    policy = Policy(model=trainer.model, tokenizer=trainer.tokenizer, gate=trainer.gate, marker=cfg.marker,
+                    temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, eos_ids=trainer.eos_ids,
+                    device=trainer.device)
+    result = evaluate(policy, trainer.eval_task, trainer.eval_examples, batch_size=cfg.micro_batch_size,
+                      max_new_tokens=cfg.max_new_tokens, greedy=True, progress=False,
+                      max_prompt_tokens=cfg.max_prompt_length, seed=cfg.seed)
+    metrics = result["metrics"]
+    return {f"eval/{cfg.eval_task}/accuracy": metrics["accuracy"],
+            f"eval/{cfg.eval_task}/format_rate": metrics["format_rate"]}
+
+
 def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
@@ -283,6 +322,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, quiet: bool = Fals
         bar = progress.add_task("train", total=cfg.max_steps, completed=trainer.step, stats="")
         while trainer.step < min(cfg.max_steps, stop_at or cfg.max_steps):
             metrics = train_step(trainer)
+            if cfg.eval_every and (trainer.step % cfg.eval_every == 0 or trainer.step == cfg.max_steps):
+                metrics.update(periodic_eval(trainer))
             sink.write(json.dumps(metrics) + "\n")
             sink.flush()
             stats = (f"reward {metrics['reward']:.2f}  hidden {metrics['hidden_ratio']:.3f}  "

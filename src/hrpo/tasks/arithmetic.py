@@ -38,6 +38,7 @@ class ArithmeticTask(Task):
 
     name = "arithmetic"
     marker = "####"
+    procedural = True  # examples are generated (train uses the run's seed), no data file needed
     fields = "question (str), answer (str or int)"
 
     def __init__(self, lo: int = 1, hi: int = 50, require_single_marker: bool = True,
