@@ -25,17 +25,20 @@ from hrpo.text import encode_prompts
 from hrpo.trainer import quiet_libraries, setup, train_step
 
 
-def timed(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up run (seconds)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def timed_interleaved(fns: dict, repeats: int) -> dict:
+    """Median wall time (seconds) of each ``fns[name]()``, run round-robin (A B C A B C ...) after one warm-up
+    each, so slow drifts of the machine hit every decoder alike."""
+    for fn in fns.values():
         fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def rollout_benchmark(args) -> dict:
@@ -62,8 +65,8 @@ def rollout_benchmark(args) -> dict:
                                     pad_token_id=lm.tokenizer.pad_token_id)
         assert out.shape[1] - ids.shape[1] == args.new_tokens
 
-    seconds = {"hybrid": timed(ours(gate), args.repeats), "discrete": timed(ours(None), args.repeats),
-               "hf_generate": timed(hf_generate, args.repeats)}
+    seconds = timed_interleaved({"hybrid": ours(gate), "discrete": ours(None), "hf_generate": hf_generate},
+                                args.repeats)
     new_tokens = args.batch * args.new_tokens
     result = {name: {"seconds": s, "new_tokens_per_s": new_tokens / s, "steps_per_s": args.new_tokens / s}
               for name, s in seconds.items()}
