@@ -19,7 +19,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def _scripted_policy(tokenizer, marker="####", gate=None, model=None):
     return Policy(model=model, tokenizer=tokenizer, gate=gate, marker=marker, temperature=0.5, top_k=50, top_p=1.0,
-                  eos_ids=[tokenizer.eos_token_id], device=torch.device("cpu"))
+                  eos_ids=[tokenizer.eos_token_id], device=torch.device("cpu"),
+                  mode="hybrid" if gate is not None else "discrete")
 
 
 def _script_generate(monkeypatch, tokenizer, answers: dict, calls: list):

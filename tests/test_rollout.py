@@ -31,13 +31,15 @@ class ScriptedLM(torch.nn.Module):
         return self.embed
 
     def forward(self, inputs_embeds, attention_mask=None, position_ids=None, use_cache=True, logits_to_keep=0,
-                cache=None):
+                cache=None, output_hidden_states=False):
         t = len(self.calls)
         self.calls.append(inputs_embeds.detach().clone())
         logits = torch.zeros(inputs_embeds.shape[0], 1, self.vocab)
         for row, tokens in enumerate(self.script):
             logits[row, 0, tokens[min(t, len(tokens) - 1)]] = 30.0
-        return SimpleNamespace(logits=logits)
+        # a recognisable "last hidden state": call t reports the constant t + 1
+        last = torch.full((inputs_embeds.shape[0], 1, inputs_embeds.shape[-1]), float(t + 1))
+        return SimpleNamespace(logits=logits, hidden_states=(last * 0, last) if output_hidden_states else None)
 
 
 def _pieces_matcher():
@@ -205,3 +207,40 @@ def test_shared_prompt_training_forward_matches_full_forward(arch, tiny_model_di
     torch.testing.assert_close(lp3[real], rollout.logprobs[real], atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(l3, l1, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(w3, w1, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["latent", "hidden"])
+def test_ablation_modes_feed_the_latent_or_hidden_state_alone(mode, tokenizer):
+    hash1 = tokenizer.convert_tokens_to_ids("####")
+    script = [[11, 12, hash1, 13, EOS]]
+    model = ScriptedLM(script, len(tokenizer))
+    prompt_ids, prompt_mask = left_pad([[5, 6]], EOS)
+    sampling = SamplingConfig(max_new_tokens=6, greedy=True, temperature=5.0)  # a latent far from one-hot
+    rollout = generate(model, prompt_ids, prompt_mask, sampling, gate=None,
+                       matcher=marker_matcher(tokenizer, "####", len(tokenizer)), eos_token_ids=[EOS],
+                       pad_token_id=EOS, mode=mode)
+    assert rollout.thinking_mask[0].tolist()[:4] == [True, True, False, False]
+    for t in range(4):
+        fed = model.calls[t + 1][0, 0]
+        if rollout.thinking_mask[0, t]:
+            expected = torch.full((8,), float(t + 1)) if mode == "hidden" else rollout.latents[0, t]
+            assert torch.allclose(fed, expected, atol=1e-6)  # no token embedding, no gate
+            assert not torch.allclose(fed, model.embed.weight[script[0][t]], atol=1e-3)
+        else:
+            assert torch.allclose(fed, model.embed.weight[script[0][t]])
+    assert rollout.gate_mean[0, 0] == 0.0 and rollout.gate_mean[0, 2] == 1.0
+
+
+@pytest.mark.parametrize("mode", ["latent", "hidden"])
+def test_ablation_modes_rollout_logprobs_equal_training_logprobs(mode, tiny_model_dirs, tokenizer):
+    lm = load_model(str(tiny_model_dirs["llama"]))
+    ids, mask = _prompts(tokenizer, PROMPTS)
+    rollout = generate(lm.model, ids, mask, SamplingConfig(max_new_tokens=8, temperature=0.7), gate=None,
+                       matcher=marker_matcher(tokenizer, "####"), eos_token_ids=[EOS], pad_token_id=EOS,
+                       generator=torch.Generator().manual_seed(1), mode=mode)
+    assert rollout.thinking_mask.any()
+    with torch.no_grad():
+        embeds, _ = rollout_inputs_embeds(lm.model, None, rollout, mode=mode)
+        logprobs = completion_logprobs(lm.model, rollout, embeds, temperature=0.7)
+    real = rollout.completion_mask
+    torch.testing.assert_close(logprobs[real], rollout.logprobs[real], atol=5e-5, rtol=1e-5)

@@ -122,3 +122,18 @@ def test_bad_training_data_fails_before_model_load(tmp_path):
                                    "output_dir": str(tmp_path / "run")})
     with pytest.raises(DataError, match=r"train.jsonl.*line 2.*question"):
         setup(cfg, log=lambda *a: None)
+
+
+def test_ablation_modes_train_without_a_gate(tmp_path, tiny_model_dirs):
+    import math
+    import pytest
+
+    for mode in ("latent", "hidden"):
+        trainer = _trainer(tmp_path / mode, tiny_model_dirs, mode=mode)
+        assert trainer.gate is None and len(trainer.optimizer.param_groups) == 1
+        before = {n: p.detach().clone() for n, p in lora_parameters(trainer.model) if "lora_B" in n}
+        metrics = [train_step(trainer) for _ in range(2)]
+        assert metrics[0]["thinking/mean_length"] > 0
+        assert metrics[0]["hidden_ratio"] == pytest.approx(1.0)  # no token embedding at thinking positions
+        assert all(math.isfinite(m["loss"]) for m in metrics)
+        assert any(not torch.equal(p, before[n]) for n, p in lora_parameters(trainer.model) if n in before)

@@ -7,7 +7,7 @@ import json
 import math
 import sys
 
-from .config import ConfigError, add_config_arguments, build_config, load_yaml
+from .config import MODES, ConfigError, add_config_arguments, build_config, load_yaml
 
 
 def _train_parser(sub) -> None:
@@ -31,7 +31,7 @@ def _generate_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256, help="Maximum new tokens.")
     p.add_argument("--greedy", action="store_true", help="Greedy decoding (the latent still uses the temperature).")
     p.add_argument("--temperature", type=float, default=None, help="Sampling temperature (default: the run's).")
-    p.add_argument("--mode", choices=("hybrid", "discrete"), default=None,
+    p.add_argument("--mode", choices=MODES, default=None,
                    help="Decoding mode (default: the run's mode, hybrid without an adapter).")
     p.add_argument("--seed", type=int, default=0, help="Sampling seed.")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
@@ -59,7 +59,7 @@ def _eval_parser(sub) -> None:
     how.add_argument("--greedy", action="store_true", help="Greedy decoding (the default).")
     how.add_argument("--temperature", type=float, default=None, metavar="X",
                      help="Sample at temperature X instead of greedy decoding.")
-    p.add_argument("--mode", choices=("hybrid", "discrete"), default=None,
+    p.add_argument("--mode", choices=MODES, default=None,
                    help="Decoding mode (default: the run's mode, hybrid without an adapter).")
     p.add_argument("--max-new-tokens", type=int, default=512, help="Maximum new tokens (default: 512).")
     p.add_argument("--max-prompt-tokens", type=int, default=1024,

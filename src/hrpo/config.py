@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 EMBEDDED_MODEL = "embedded"
-MODES = ("hybrid", "discrete")
+MODES = ("hybrid", "discrete", "latent", "hidden")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -35,7 +35,9 @@ class TrainConfig:
 
     # what to train
     model: str = _f(EMBEDDED_MODEL, "Hub id, local model directory, or 'embedded' (SmolLM2-135M-Instruct).")
-    mode: str = _f("hybrid", "hybrid = HRPO (gated latent mixing); discrete = GRPO baseline (gate off).",
+    mode: str = _f("hybrid", "hybrid = HRPO (gated latent mixing); discrete = GRPO baseline (gate off); "
+                             "latent = the latent alone, no gate (ablation); hidden = last hidden state fed back "
+                             "(Coconut-style ablation).",
                    choices=MODES)
     task: str = _f("arithmetic", "Training task: arithmetic (embedded), gsm8k, math, math500, mmlu_stem, arc_c, "
                                  "mmlu_arc_train, nq, triviaqa, hotpotqa, 2wiki, bamboogle.")

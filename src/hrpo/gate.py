@@ -117,3 +117,26 @@ def mix_inputs(gate: HybridGate | None, token_embeds: torch.Tensor, latents: tor
     mixed, a = gate(token_embeds, latents)
     keep = thinking_mask.unsqueeze(-1)
     return torch.where(keep, mixed, token_embeds), torch.where(thinking_mask, a.mean(dim=-1), ones)
+
+
+MODES = ("hybrid", "discrete", "latent", "hidden")
+
+
+def thinking_inputs(mode: str, gate: HybridGate | None, token_embeds: torch.Tensor, vectors: torch.Tensor | None,
+                    thinking_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input embeddings for ``mode`` at thinking positions; plain token embeddings elsewhere.
+
+    hybrid: the gated mix of token embedding and latent; discrete: token embeddings only; latent: the latent
+    alone (no token embedding, no gate); hidden: the stored last-layer hidden state alone (Coconut-style).
+    ``token_embeds``/``vectors`` (B, T, H), ``thinking_mask`` (B, T). Returns ``(inputs_embeds, mean_a)`` where
+    mean_a (B, T) is the weight on the token embedding (the gate's mean a; 0 where latent/hidden replace it).
+    """
+    if mode == "hybrid":
+        return mix_inputs(gate, token_embeds, vectors, thinking_mask)
+    ones = torch.ones(thinking_mask.shape, dtype=torch.float32, device=token_embeds.device)
+    if mode == "discrete" or vectors is None:
+        return token_embeds, ones
+    if mode not in MODES:
+        raise ValueError(f"unknown mode '{mode}' (choose from {', '.join(MODES)})")
+    replaced = torch.where(thinking_mask.unsqueeze(-1), vectors.to(token_embeds.dtype), token_embeds)
+    return replaced, ones.masked_fill(thinking_mask, 0.0)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .gate import HybridGate, mix_inputs
+from .gate import HybridGate, thinking_inputs
 from .rollout import Rollout, cache_argument, position_ids_from_mask, rows_repeat
 
 ADVANTAGE_EPS = 1e-4
@@ -37,21 +37,24 @@ def k3_kl(ref_logprobs: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
     return torch.exp(log_ratio) - log_ratio - 1.0
 
 
-def rollout_inputs_embeds(model, gate: HybridGate | None, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+def rollout_inputs_embeds(model, gate: HybridGate | None, rollout: Rollout,
+                          mode: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs for the training forward over prompt + completion: (B, P + C, H) embeddings and (B, P + C) mean a.
 
-    Thinking positions get the *current* gate applied to the *stored* latents (constants); everything else is
-    the plain token embedding. ``gate=None`` (discrete mode and the reference model) gives plain embeddings.
+    Thinking positions get the stored latents (constants) in ``mode`` (default: hybrid with a gate, else
+    discrete); in hybrid mode through the *current* gate. Everything else is the plain token embedding, and
+    ``mode='discrete'`` (the GRPO baseline and the reference model) gives plain embeddings throughout.
     """
+    mode = mode or ("hybrid" if gate is not None else "discrete")
     ids = rollout.input_ids
     token_embeds = model.get_input_embeddings()(ids)
     prompt_len = rollout.prompt_ids.shape[1]
     thinking = torch.cat([torch.zeros_like(rollout.prompt_mask, dtype=torch.bool), rollout.thinking_mask], dim=1)
     latents = None
-    if gate is not None and rollout.latents is not None:
+    if mode != "discrete" and rollout.latents is not None:
         pad = rollout.latents.new_zeros(ids.shape[0], prompt_len, rollout.latents.shape[-1])
         latents = torch.cat([pad, rollout.latents.to(token_embeds.dtype)], dim=1)
-    return mix_inputs(gate, token_embeds, latents, thinking)
+    return thinking_inputs(mode, gate, token_embeds, latents, thinking)
 
 
 def completion_logprobs(model, rollout: Rollout, inputs_embeds: torch.Tensor, temperature: float,

@@ -26,10 +26,7 @@ class Policy:
     top_p: float
     eos_ids: list[int]
     device: torch.device
-
-    @property
-    def mode(self) -> str:
-        return "hybrid" if self.gate is not None else "discrete"
+    mode: str = "hybrid"  # hybrid | discrete | latent | hidden
 
 
 def load_policy(model: str | None = None, adapter: str | Path | None = None, mode: str | None = None,
@@ -70,7 +67,7 @@ def load_policy(model: str | None = None, adapter: str | Path | None = None, mod
     return Policy(model=net, tokenizer=loaded.tokenizer, gate=gate, marker=marker or saved.get("marker", "####"),
                   temperature=saved.get("temperature", 0.5), top_k=saved.get("top_k", 50),
                   top_p=saved.get("top_p", 1.0), eos_ids=eos_token_ids(loaded.model, loaded.tokenizer),
-                  device=dev)
+                  device=dev, mode=mode)
 
 
 def generate_ids(policy: Policy, prompt_ids: list[list[int]], max_new_tokens: int, greedy: bool = False,
@@ -80,11 +77,12 @@ def generate_ids(policy: Policy, prompt_ids: list[list[int]], max_new_tokens: in
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature or policy.temperature,
                               top_k=policy.top_k, top_p=policy.top_p, greedy=greedy)
     matcher = None
-    if policy.gate is not None:
+    if policy.mode != "discrete":
         matcher = marker_matcher(policy.tokenizer, policy.marker, policy.model.get_input_embeddings().weight.shape[0])
     generator = torch.Generator(device=policy.device).manual_seed(seed)
     return generate(policy.model, ids, mask, sampling, gate=policy.gate, matcher=matcher,
-                    eos_token_ids=policy.eos_ids, pad_token_id=policy.tokenizer.pad_token_id, generator=generator)
+                    eos_token_ids=policy.eos_ids, pad_token_id=policy.tokenizer.pad_token_id, generator=generator,
+                    mode=policy.mode)
 
 
 def generate_text(policy: Policy, prompt: str, max_new_tokens: int = 256, greedy: bool = False,
@@ -94,7 +92,7 @@ def generate_text(policy: Policy, prompt: str, max_new_tokens: int = 256, greedy
     rollout = generate_ids(policy, [prompt_tokens], max_new_tokens, greedy, temperature, seed)
     n = int(rollout.completion_mask[0].sum())
     tokens = rollout.completion_ids[0, :n].tolist()
-    ratio = hidden_ratio(rollout.gate_mean, rollout.thinking_mask) if policy.gate is not None else 0.0
+    ratio = hidden_ratio(rollout.gate_mean, rollout.thinking_mask) if policy.mode != "discrete" else 0.0
     return {"prompt_tokens": prompt_tokens, "tokens": tokens,
             "completion": policy.tokenizer.decode(tokens, skip_special_tokens=True),
             "hidden_ratio": ratio, "thinking_tokens": int(rollout.thinking_mask[0].sum()), "mode": policy.mode}

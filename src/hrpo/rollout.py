@@ -18,7 +18,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from .gate import HybridGate, latent_embeddings, mix_inputs, topk_latent_embeddings
+from .gate import HybridGate, latent_embeddings, thinking_inputs, topk_latent_embeddings
 
 
 @dataclass
@@ -40,8 +40,10 @@ class Rollout:
     prompt_ids (B, P) long, left-padded; prompt_mask (B, P) long (1 = real token)
     completion_ids (B, C) long, pad after the first EOS
     completion_mask (B, C) bool: real completion tokens, up to and including the first EOS
-    thinking_mask (B, C) bool: tokens whose input embedding was the gated mix when fed back
+    thinking_mask (B, C) bool: tokens whose input embedding was the gated mix (or, in the ablation modes, the
+        latent / hidden state) when fed back
     latents (B, C, H) in the model dtype, or None in discrete mode: h of each token's sampling distribution
+        (in hidden mode: the last-layer hidden state that produced the token's logits)
     logprobs (B, C) fp32: log-prob of each token under the temperature-scaled full distribution
     gate_mean (B, C) fp32: mean over H of the gate's a at mixed positions, 1.0 elsewhere
     """
@@ -201,21 +203,27 @@ def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampling: SamplingConfig, *,
              gate: HybridGate | None, matcher: MarkerMatcher | None, eos_token_ids: list[int], pad_token_id: int,
-             generator: torch.Generator | None = None, group_size: int = 1) -> Rollout:
-    """Sample completions for left-padded prompts (B, P). ``gate=None`` gives discrete (GRPO) rollouts.
+             generator: torch.Generator | None = None, group_size: int = 1, mode: str | None = None) -> Rollout:
+    """Sample completions for left-padded prompts (B, P).
 
-    ``model`` is any HF causal LM (or PeftModel) accepting ``inputs_embeds``, ``attention_mask``,
-    ``position_ids`` and a KV cache. Decoding stops when every row has produced an EOS or after
-    ``sampling.max_new_tokens`` tokens. With ``group_size`` G > 1, rows come in runs of G identical prompts
-    (the G samples of one question): each prompt is prefilled once and its KV cache shared by the group.
+    ``mode`` (default: hybrid with a gate, else discrete) is hybrid (HRPO), discrete (GRPO: plain embeddings),
+    latent (feed the latent alone) or hidden (feed the last hidden state). ``model`` is any HF causal LM (or
+    PeftModel) accepting ``inputs_embeds``, ``attention_mask``, ``position_ids`` and a KV cache. Decoding stops
+    when every row has produced an EOS or after ``sampling.max_new_tokens`` tokens. With ``group_size`` G > 1,
+    rows come in runs of G identical prompts (the G samples of one question): each prompt is prefilled once
+    and its KV cache shared by the group.
     """
     from transformers import DynamicCache
 
+    mode = mode or ("hybrid" if gate is not None else "discrete")
     device = prompt_ids.device
     embed = model.get_input_embeddings()
-    hybrid = gate is not None
-    if hybrid and matcher is None:
-        raise ValueError("hybrid rollouts need a MarkerMatcher to find the end of the thinking span")
+    mixing = mode != "discrete"
+    if mode == "hybrid" and gate is None:
+        raise ValueError("hybrid rollouts need a HybridGate")
+    if mixing and matcher is None:
+        raise ValueError(f"{mode} rollouts need a MarkerMatcher to find the end of the thinking span")
+    want_hidden = {"output_hidden_states": True} if mode == "hidden" else {}
     batch, max_new = prompt_ids.shape[0], sampling.max_new_tokens
     eos = torch.tensor(eos_token_ids, device=device, dtype=torch.long)
     dense_embeds = None  # (V, H) embedding outputs, only when no top-k keeps the latent sparse
@@ -226,11 +234,13 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, samplin
     shared = group_size > 1 and rows_repeat(prompt_ids, prompt_mask, group_size)
     rows = slice(None, None, group_size) if shared else slice(None)
     out = model(inputs_embeds=embed(prompt_ids[rows]), attention_mask=attention_mask[rows],
-                position_ids=positions[rows], use_cache=True, logits_to_keep=1, **cache)
+                position_ids=positions[rows], use_cache=True, logits_to_keep=1, **cache, **want_hidden)
     last_logits = out.logits[:, -1]
+    last_hidden = out.hidden_states[-1][:, -1] if want_hidden else None
     if shared:
         next(iter(cache.values())).batch_repeat_interleave(group_size)
         last_logits = last_logits.repeat_interleave(group_size, dim=0)
+        last_hidden = last_hidden.repeat_interleave(group_size, dim=0) if want_hidden else None
     next_position = positions[:, -1:] + 1
     vocab_size = last_logits.shape[-1]
 
@@ -245,17 +255,19 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, samplin
         tokens_out.append(tokens)
         logprobs_out.append(logprobs.masked_fill(~real_out[-1], 0.0))
         last = step == max_new - 1
-        if hybrid:
+        if mixing:
             state = matcher.step(state, tokens)
             thinking = ~finished & (state < matcher.done_state) & (not last)
-            if kept_ids.shape[-1] < vocab_size:
-                latents = topk_latent_embeddings(kept_probs, embed(kept_ids))
+            if mode == "hidden":
+                vectors = last_hidden
+            elif kept_ids.shape[-1] < vocab_size:
+                vectors = topk_latent_embeddings(kept_probs, embed(kept_ids))
             else:
                 if dense_embeds is None:
                     dense_embeds = embed(torch.arange(vocab_size, device=device))
                 probs = torch.zeros_like(kept_probs).scatter_(-1, kept_ids, kept_probs)
-                latents = latent_embeddings(probs, dense_embeds)
-            latents_out.append(latents)
+                vectors = latent_embeddings(probs, dense_embeds)
+            latents_out.append(vectors)
         else:
             thinking = torch.zeros_like(finished)
         thinking_out.append(thinking)
@@ -263,13 +275,14 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, samplin
             gate_mean_out.append(torch.ones(batch, device=device))
             break
         token_embeds = embed(tokens[:, None])
-        inputs_embeds, mean_a = mix_inputs(gate, token_embeds, latents[:, None] if hybrid else None,
-                                           thinking[:, None])
+        inputs_embeds, mean_a = thinking_inputs(mode, gate, token_embeds, vectors[:, None] if mixing else None,
+                                                thinking[:, None])
         gate_mean_out.append(mean_a[:, 0])
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
         out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=next_position,
-                    use_cache=True, **cache)
+                    use_cache=True, **cache, **want_hidden)
         last_logits = out.logits[:, -1]
+        last_hidden = out.hidden_states[-1][:, -1] if want_hidden else None
         next_position = next_position + 1
 
     return Rollout(
@@ -278,7 +291,7 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, samplin
         completion_ids=torch.stack(tokens_out, dim=1),
         completion_mask=torch.stack(real_out, dim=1),
         thinking_mask=torch.stack(thinking_out, dim=1),
-        latents=torch.stack(latents_out, dim=1) if hybrid else None,
+        latents=torch.stack(latents_out, dim=1).to(embed.weight.dtype) if mixing else None,
         logprobs=torch.stack(logprobs_out, dim=1),
         gate_mean=torch.stack(gate_mean_out, dim=1),
     )

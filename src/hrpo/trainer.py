@@ -121,6 +121,7 @@ def setup(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Trai
         gate = HybridGate(hidden, cfg.r_min, cfg.r_max, cfg.gate_c)
         gate.reset_parameters(generator=gen)
         gate.to(device)
+    if cfg.mode != "discrete":
         matcher = marker_matcher(loaded.tokenizer, cfg.marker, model.get_input_embeddings().weight.shape[0])
     optimizer, scheduler = build_optimizer(cfg, model, gate)
     trainer = Trainer(cfg=cfg, run_dir=run_dir, model=model, tokenizer=loaded.tokenizer, gate=gate, task=task,
@@ -183,7 +184,7 @@ def reference_logprobs(trainer: Trainer, rollout: Rollout, temperature: float) -
     with torch.no_grad(), model.disable_adapter():
         for mb in micro_batches(rollout.completion_ids.shape[0], trainer.cfg.micro_batch_size):
             part = rollout.select(mb)
-            embeds, _ = rollout_inputs_embeds(model, None, part)
+            embeds, _ = rollout_inputs_embeds(model, None, part, mode="discrete")
             rows.append(completion_logprobs(model, part, embeds, temperature, trainer.cfg.group_size))
     return torch.cat(rows)
 
@@ -200,7 +201,7 @@ def train_step(trainer: Trainer) -> dict:
     rollout = generate(model, prompt_ids, prompt_mask, sampling_config(cfg), gate=trainer.gate,
                        matcher=trainer.matcher, eos_token_ids=trainer.eos_ids,
                        pad_token_id=trainer.tokenizer.pad_token_id, generator=generator,
-                       group_size=cfg.group_size)
+                       group_size=cfg.group_size, mode=cfg.mode)
     t_rollout = time.perf_counter()
 
     completions = decode_completions(trainer.tokenizer, rollout.completion_ids, rollout.completion_mask)
@@ -217,7 +218,7 @@ def train_step(trainer: Trainer) -> dict:
     logp_diffs = []
     for mb in micro_batches(n, cfg.micro_batch_size):
         part = rollout.select(mb)
-        embeds, _ = rollout_inputs_embeds(model, trainer.gate, part)
+        embeds, _ = rollout_inputs_embeds(model, trainer.gate, part, mode=cfg.mode)
         logprobs = completion_logprobs(model, part, embeds, lp_temperature, cfg.group_size)
         loss, stats = hrpo_loss(logprobs, None if ref_logprobs is None else ref_logprobs[mb], advantages[mb],
                                 part.completion_mask, cfg.beta, num_sequences=n)
@@ -260,7 +261,7 @@ def train_step(trainer: Trainer) -> dict:
         "completions/max_length": float(lengths.max()),
         "completions/clipped_ratio": float((~ended).float().mean()),
         "thinking/mean_length": float(think_len.mean()),
-        "hidden_ratio": hidden_ratio(rollout.gate_mean, mixed) if trainer.gate is not None else 0.0,
+        "hidden_ratio": hidden_ratio(rollout.gate_mean, mixed) if cfg.mode != "discrete" else 0.0,
         "embeds_ratio": float(rollout.gate_mean[mixed].mean()) if bool(mixed.any()) else 1.0,
         "grad_norm": grad_norm,
         "learning_rate": lr,
@@ -285,7 +286,7 @@ def periodic_eval(trainer: Trainer) -> dict:
     cfg = trainer.cfg
     policy = Policy(model=trainer.model, tokenizer=trainer.tokenizer, gate=trainer.gate, marker=cfg.marker,
                     temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, eos_ids=trainer.eos_ids,
-                    device=trainer.device)
+                    device=trainer.device, mode=cfg.mode)
     result = evaluate(policy, trainer.eval_task, trainer.eval_examples, batch_size=cfg.micro_batch_size,
                       max_new_tokens=cfg.max_new_tokens, greedy=True, progress=False,
                       max_prompt_tokens=cfg.max_prompt_length, seed=cfg.seed)
