@@ -77,3 +77,18 @@ def test_help_documents_every_config_key(capsys):
     text = capsys.readouterr().out
     for f in config_fields():
         assert "--" + f.name.replace("_", "-") in text, f.name
+
+
+def test_generate_show_latents_lists_thinking_positions(tiny_model_dirs, capsys, tmp_path):
+    out = tmp_path / "latents.json"
+    assert main(["generate", "--model", str(tiny_model_dirs["llama"]), "--prompt", "Think about cats",
+                 "--max-new-tokens", "5", "--show-latents", "--json", "--latents-json", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = result["latents"]
+    assert len(rows) == result["thinking_tokens"] >= 1
+    first = rows[0]
+    assert first["token_id"] == result["tokens"][first["position"]]
+    assert len(first["nearest"]) == 5 and 0.9 < first["gate_a"] < 1.0
+    cos = [n["cosine"] for n in first["nearest"]]
+    assert cos == sorted(cos, reverse=True) and all(-1.0 <= c <= 1.0 + 1e-6 for c in cos)
+    assert json.loads(out.read_text()) == rows

@@ -1,4 +1,4 @@
-"""The `hrpo` command line: `hrpo train` and `hrpo generate`."""
+"""The `hrpo` command line: train, generate, eval, plot and compare."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 
 from .config import MODES, ConfigError, add_config_arguments, build_config, load_yaml
 
@@ -37,6 +38,11 @@ def _generate_parser(sub) -> None:
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="Print one JSON object instead of the text.")
+    p.add_argument("--show-latents", action="store_true",
+                   help="For each thinking position: the sampled token, the gate's mean a and the 5 tokens whose "
+                        "embeddings are closest (cosine) to the latent.")
+    p.add_argument("--latents-json", metavar="FILE", default=None,
+                   help="With --show-latents: also save that table as JSON to FILE.")
 
 
 def _eval_parser(sub) -> None:
@@ -75,6 +81,27 @@ def _eval_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="No progress bar.")
 
 
+def _plot_parser(sub) -> None:
+    p = sub.add_parser("plot", help="Plot training curves of one or more runs as PNGs.",
+                       description="One PNG per metric (reward, eval accuracy, hidden_ratio, completion length, kl, "
+                                   "grad_norm), one line per run: raw faint, smoothed solid.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="Run directories (each with metrics.jsonl).")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="Output directory (default: RUN_DIR/plots for one run, else ./plots).")
+    p.add_argument("--smoothing", type=float, default=None, metavar="X",
+                   help="EMA weight in [0, 1) or a whole moving-average window >= 1 (default: 0.8; 0 = raw).")
+
+
+def _compare_parser(sub) -> None:
+    p = sub.add_parser("compare", help="Summarise runs side by side (Markdown table or JSON).",
+                       description="One row per run: final (mean of the last 10 steps) and best (10-step moving "
+                                   "average) reward, eval accuracy (last, best), hidden_ratio, completion length "
+                                   "(first 10 vs last 10 steps), kl, wall time.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="Run directories (each with metrics.jsonl).")
+    p.add_argument("--json", action="store_true", help="Print JSON rows instead of a Markdown table.")
+    p.add_argument("--out", default=None, metavar="FILE", help="Also write the table (or JSON) to FILE.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hrpo", description="Hybrid latent reasoning via reinforcement "
                                                                "learning (HRPO, arXiv 2505.18454).")
@@ -82,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _generate_parser(sub)
     _eval_parser(sub)
+    _plot_parser(sub)
+    _compare_parser(sub)
     return parser
 
 
@@ -107,14 +136,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     policy = load_policy(args.model, args.adapter, args.mode, dtype=args.dtype, device=args.device)
     result = generate_text(policy, args.prompt, args.max_new_tokens, greedy=args.greedy,
-                           temperature=args.temperature, seed=args.seed)
+                           temperature=args.temperature, seed=args.seed, show_latents=args.show_latents)
     if isinstance(result["hidden_ratio"], float) and math.isnan(result["hidden_ratio"]):
         result["hidden_ratio"] = None
+    if args.latents_json and "latents" in result:
+        Path(args.latents_json).write_text(json.dumps(result["latents"], indent=1))
     if args.json:
         print(json.dumps(result))
-    else:
-        print(result["completion"])
+        return 0
+    print(result["completion"])
+    if "latents" in result:
+        _print_latents(result["latents"])
     return 0
+
+
+def _print_latents(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="latents at thinking positions")
+    for col in ("pos", "token", "gate a", "nearest tokens (cosine)"):
+        table.add_column(col)
+    for r in rows:
+        near = "  ".join(f"{n['token']!r} {n['cosine']:.2f}" for n in r["nearest"])
+        table.add_row(str(r["position"]), repr(r["token"]), f"{r['gate_a']:.4f}", near)
+    Console().print(table)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -156,6 +202,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .plots import DEFAULT_SMOOTHING, PLOTS_DIR, plot_runs
+
+    runs = [Path(d) for d in args.run_dirs]
+    out = Path(args.out) if args.out else (runs[0] / PLOTS_DIR if len(runs) == 1 else Path(PLOTS_DIR))
+    smoothing = DEFAULT_SMOOTHING if args.smoothing is None else args.smoothing
+    written = plot_runs(runs, out, smoothing=smoothing)
+    if not written:
+        raise ConfigError(f"nothing to plot: no run in {', '.join(map(str, runs))} has a metric row with "
+                          f"reward, eval accuracy, hidden_ratio, completion length, kl or grad_norm")
+    for path in written:
+        print(path)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .compare import compare_runs, to_json, to_markdown
+
+    rows = compare_runs(args.run_dirs)
+    text = to_json(rows) if args.json else to_markdown(rows)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    print(text, end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .trainer import quiet_libraries
@@ -165,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     from .models import ModelLoadError
 
     try:
-        return {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval}[args.command](args)
+        return {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "plot": cmd_plot,
+                "compare": cmd_compare}[args.command](args)
     except (ConfigError, ModelLoadError, CheckpointError) as exc:
         print(f"hrpo {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -85,14 +85,42 @@ def generate_ids(policy: Policy, prompt_ids: list[list[int]], max_new_tokens: in
                     mode=policy.mode)
 
 
+def latent_neighbours(policy: Policy, rollout: Rollout, row: int = 0, k: int = 5) -> list[dict]:
+    """What the continuous part carries: for each thinking position of ``rollout`` row ``row``, the sampled
+    token, the gate's mean a (weight on the token embedding) and the ``k`` tokens whose input embeddings are
+    closest (cosine) to the fed-back latent. Returns one dict per thinking position."""
+    if rollout.latents is None:
+        return []
+    embed = policy.model.get_input_embeddings()
+    with torch.no_grad():
+        table = torch.nn.functional.normalize(embed(torch.arange(embed.weight.shape[0], device=policy.device))
+                                              .float(), dim=-1)
+        positions = rollout.thinking_mask[row].nonzero().flatten().tolist()
+        latents = torch.nn.functional.normalize(rollout.latents[row, positions].float(), dim=-1)
+        cosine, ids = (latents @ table.T).topk(k, dim=-1)
+    out = []
+    for j, t in enumerate(positions):
+        token = int(rollout.completion_ids[row, t])
+        out.append({"position": t, "token_id": token, "token": policy.tokenizer.decode([token]),
+                    "gate_a": float(rollout.gate_mean[row, t]),
+                    "nearest": [{"token": policy.tokenizer.decode([int(i)]), "token_id": int(i), "cosine": float(c)}
+                                for i, c in zip(ids[j], cosine[j])]})
+    return out
+
+
 def generate_text(policy: Policy, prompt: str, max_new_tokens: int = 256, greedy: bool = False,
-                  temperature: float | None = None, seed: int = 0, chat: bool = True) -> dict:
-    """One completion for ``prompt``: ``{prompt_tokens, tokens, completion, hidden_ratio, thinking_tokens}``."""
+                  temperature: float | None = None, seed: int = 0, chat: bool = True,
+                  show_latents: bool = False) -> dict:
+    """One completion for ``prompt``: ``{prompt_tokens, tokens, completion, hidden_ratio, thinking_tokens,
+    mode}``, plus ``latents`` (see :func:`latent_neighbours`) when ``show_latents``."""
     prompt_tokens = encode_text_prompt(policy.tokenizer, prompt, chat=chat)
     rollout = generate_ids(policy, [prompt_tokens], max_new_tokens, greedy, temperature, seed)
     n = int(rollout.completion_mask[0].sum())
     tokens = rollout.completion_ids[0, :n].tolist()
     ratio = hidden_ratio(rollout.gate_mean, rollout.thinking_mask) if policy.mode != "discrete" else 0.0
-    return {"prompt_tokens": prompt_tokens, "tokens": tokens,
-            "completion": policy.tokenizer.decode(tokens, skip_special_tokens=True),
-            "hidden_ratio": ratio, "thinking_tokens": int(rollout.thinking_mask[0].sum()), "mode": policy.mode}
+    result = {"prompt_tokens": prompt_tokens, "tokens": tokens,
+              "completion": policy.tokenizer.decode(tokens, skip_special_tokens=True),
+              "hidden_ratio": ratio, "thinking_tokens": int(rollout.thinking_mask[0].sum()), "mode": policy.mode}
+    if show_latents:
+        result["latents"] = latent_neighbours(policy, rollout)
+    return result
