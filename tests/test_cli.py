@@ -27,6 +27,7 @@ def test_train_writes_run_dir_and_resume_continues(tmp_path, tiny_model_dirs, ca
     for name in ("adapter_model.safetensors", "adapter_config.json", "gate.safetensors", "trainer_state.pt"):
         assert (ckpt / name).is_file(), name
     assert not list(out.glob(".tmp-*"))
+    assert (out / "plots" / "reward.png").stat().st_size > 1000  # curves written at the end of every run
 
     assert main(["train", "--resume", str(out), "--max-steps", "3", "--quiet"]) == 0
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

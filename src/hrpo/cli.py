@@ -236,9 +236,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .trainer import quiet_libraries
+    if args.command in ("train", "generate", "eval"):
+        from .progress import quiet_libraries
 
-    quiet_libraries()
+        quiet_libraries()
     from .checkpoint import CheckpointError
     from .models import ModelLoadError
 

@@ -83,6 +83,8 @@ class TrainConfig:
     eval_data: str | None = _f(None, "Local data for eval_task (default: the task's hub test split).")
     eval_every: int = _f(0, "Evaluate every N steps and at the end (0 = never).")
     eval_limit: int = _f(100, "Examples per periodic evaluation.")
+    report_to: str = _f("none", "Live tracking backend: none, tensorboard, wandb or trackio (metrics.jsonl is "
+                                "always written).", choices=("none", "tensorboard", "wandb", "trackio"))
     # runtime
     dtype: str = _f("auto", "Model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.",
                     choices=DTYPES)

@@ -16,30 +16,6 @@ from pathlib import Path
 EXAMPLES_SUFFIX = "_examples.jsonl"
 
 
-def prompt_ids(tokenizer, messages: list[dict], max_prompt_tokens: int | None = None) -> list[int]:
-    """Chat-templated ids of one conversation with the generation prompt; only the last ``max_prompt_tokens``
-    kept when given (the reference left-cut long MATH prompts the same way)."""
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        if hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        ids = list(ids)
-    else:  # no chat template: plain "role: content" lines
-        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-    return ids[-max_prompt_tokens:] if max_prompt_tokens else ids
-
-
-def _progress(enabled: bool, label: str):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-
-    return Progress(TextColumn(f"[bold]eval {label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
-                    console=Console(stderr=True, quiet=not enabled), transient=False)
-
-
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
@@ -77,14 +53,15 @@ def evaluate(policy, task, examples: list[dict], batch_size: int = 32, max_new_t
     """
     from .gate import hidden_ratio
     from .policy import generate_ids
-    from .text import decode_completions
+    from .progress import progress_bar
+    from .text import chat_prompt_ids, decode_completions
 
     if not examples:
         raise ValueError(f"no examples to evaluate for task '{task.name}'")
     if policy.gate is not None and policy.marker != task.marker:
         policy = dataclasses.replace(policy, marker=task.marker)  # mix latents until the task's marker
     tok = policy.tokenizer
-    prompts = [prompt_ids(tok, task.messages(ex), max_prompt_tokens) for ex in examples]
+    prompts = [chat_prompt_ids(tok, task.messages(ex), max_prompt_tokens) for ex in examples]
     order = sorted(range(len(examples)), key=lambda i: -len(prompts[i]))
     records: list[dict | None] = [None] * len(examples)
     ratio_sum, ratio_weight, new_tokens = 0.0, 0, 0
@@ -94,7 +71,7 @@ def evaluate(policy, task, examples: list[dict], batch_size: int = 32, max_new_t
         model.eval()
     try:
         t0 = time.perf_counter()
-        with _progress(progress, task.name) as bar:
+        with progress_bar(f"eval {task.name}", enabled=progress) as bar:
             job = bar.add_task("eval", total=len(examples), stats="")
             n_correct = 0
             for b, start in enumerate(range(0, len(order), batch_size)):

@@ -5,6 +5,19 @@ from __future__ import annotations
 import torch
 
 
+def chat_prompt_ids(tokenizer, messages: list[dict], max_length: int | None = None) -> list[int]:
+    """Ids of one conversation with the generation prompt (plain "role: content" lines when the tokenizer has
+    no chat template); only the last ``max_length`` tokens are kept when given (left truncation)."""
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                            return_dict=False)
+        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    else:
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    return ids[-max_length:] if max_length else ids
+
+
 def encode_prompts(tokenizer, conversations: list[list[dict]], max_length: int,
                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Chat-template each conversation (with the generation prompt) and left-pad.
@@ -12,24 +25,14 @@ def encode_prompts(tokenizer, conversations: list[list[dict]], max_length: int,
     Returns ``(ids (B, P) long, mask (B, P) long)``. Prompts longer than ``max_length`` keep their last
     ``max_length`` tokens.
     """
-    rows = []
-    for messages in conversations:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                            return_dict=False)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        rows.append(list(ids)[-max_length:])
+    rows = [chat_prompt_ids(tokenizer, messages, max_length) for messages in conversations]
     return left_pad(rows, tokenizer.pad_token_id, device)
 
 
 def encode_text_prompt(tokenizer, text: str, chat: bool = True) -> list[int]:
-    """Token ids of one user message (chat template applied when ``chat`` and the tokenizer has one)."""
-    if chat and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                            tokenize=True, return_dict=False)
-        if hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return list(ids)
+    """Token ids of one user message (chat template applied when ``chat``)."""
+    if chat:
+        return chat_prompt_ids(tokenizer, [{"role": "user", "content": text}])
     return tokenizer(text, add_special_tokens=True)["input_ids"]
 
 

@@ -22,9 +22,12 @@ from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, build_config, load_yaml, save_yaml
 from .gate import HybridGate, hidden_ratio
 from .models import add_lora, eos_token_ids, load_model, lora_parameters, resolve_device, resolve_dtype
+from .plots import write_run_plots
+from .progress import progress_bar, quiet_libraries
 from .objective import completion_logprobs, group_advantages, hrpo_loss, rollout_inputs_embeds
 from .rollout import Rollout, SamplingConfig, generate, marker_matcher
 from .text import decode_completions, encode_prompts
+from .trackers import open_tracker
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -55,17 +58,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def quiet_libraries() -> None:
-    """Silence library progress bars and deprecation chatter that would break our own progress display."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def warmup_cosine(max_steps: int, warmup_ratio: float):
@@ -295,14 +287,6 @@ def periodic_eval(trainer: Trainer) -> dict:
             f"eval/{cfg.eval_task}/format_rate": metrics["format_rate"]}
 
 
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-
-    return Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), transient=False)
-
-
 def train(cfg: TrainConfig, resume: str | Path | None = None, quiet: bool = False,
           stop_at: int | None = None) -> Path:
     """Train until ``cfg.max_steps`` (or step ``stop_at``, checkpointing there, as if interrupted); returns the
@@ -319,7 +303,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, quiet: bool = Fals
     console.print(f"run directory: [bold]{trainer.run_dir}[/bold]  (mode {cfg.mode}, {cfg.max_steps} steps, "
                   f"{cfg.prompts_per_step}x{cfg.group_size} completions per step)")
     last_saved = trainer.step
-    with _progress() as progress, metrics_path.open("a") as sink:
+    tracker = open_tracker(cfg.report_to, trainer.run_dir, cfg.to_dict())
+    with progress_bar("train", enabled=not quiet) as progress, metrics_path.open("a") as sink, tracker:
         bar = progress.add_task("train", total=cfg.max_steps, completed=trainer.step, stats="")
         while trainer.step < min(cfg.max_steps, stop_at or cfg.max_steps):
             metrics = train_step(trainer)
@@ -327,6 +312,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, quiet: bool = Fals
                 metrics.update(periodic_eval(trainer))
             sink.write(json.dumps(metrics) + "\n")
             sink.flush()
+            tracker.log(metrics, trainer.step)
             stats = (f"reward {metrics['reward']:.2f}  hidden {metrics['hidden_ratio']:.3f}  "
                      f"kl {metrics['kl']:.4f}  len {metrics['completions/mean_length']:.0f}")
             progress.update(bar, advance=1, stats=stats)
@@ -337,7 +323,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, quiet: bool = Fals
     if last_saved != trainer.step:
         save_checkpoint(trainer.run_dir, trainer.step, trainer.model, trainer.gate, trainer.optimizer,
                         trainer.scheduler, keep=cfg.keep_checkpoints)
-    console.print(f"done: {trainer.step} steps. Run directory: [bold]{trainer.run_dir}[/bold]")
+    plots = write_run_plots(trainer.run_dir)
+    console.print(f"done: {trainer.step} steps. Run directory: [bold]{trainer.run_dir}[/bold]"
+                  + (f" (plots in {trainer.run_dir / 'plots'})" if plots else ""))
     return trainer.run_dir
 
 
