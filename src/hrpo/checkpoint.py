@@ -94,9 +94,9 @@ def load_adapter_weights(model, checkpoint: Path) -> None:
     from peft import set_peft_model_state_dict
 
     result = set_peft_model_state_dict(model, load_file(str(checkpoint / ADAPTER_FILE)))
-    missing = [k for k in getattr(result, "unexpected_keys", [])]
-    if missing:
-        raise CheckpointError(f"{checkpoint}: adapter has weights this model does not: {missing[:3]}")
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    if unexpected:
+        raise CheckpointError(f"{checkpoint}: adapter has weights this model does not: {unexpected[:3]}")
 
 
 def load_checkpoint(checkpoint: Path, model, gate: HybridGate | None, optimizer, scheduler) -> int:

@@ -143,14 +143,14 @@ def _advance(pattern: str, fail: list[int], state: int, text: str) -> int:
 
 
 @lru_cache(maxsize=8)
-def _matcher_cached(tokenizer_key: int, marker: str, vocab_size: int, tokenizer) -> MarkerMatcher:
+def _matcher_cached(tokenizer, marker: str, vocab_size: int) -> MarkerMatcher:
     pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=False)
     return MarkerMatcher(pieces, marker, vocab_size)
 
 
 def marker_matcher(tokenizer, marker: str, vocab_size: int | None = None) -> MarkerMatcher:
     """The (cached) :class:`MarkerMatcher` for this tokenizer and marker, covering ``vocab_size`` ids."""
-    return _matcher_cached(id(tokenizer), marker, int(vocab_size or len(tokenizer)), tokenizer)
+    return _matcher_cached(tokenizer, marker, int(vocab_size or len(tokenizer)))
 
 
 def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None):

@@ -98,8 +98,6 @@ def setup(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Trai
     quiet_libraries()
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
     task, examples, eval_task, eval_examples = load_task_data(cfg)
     log(f"loading model '{cfg.model}' ({dtype}, {device})")
     loaded = load_model(cfg.model, dtype=dtype, device=device)
