@@ -87,7 +87,7 @@ def _draw(runs: list[Run], key: str, title: str, ylabel: str, smoothed: bool, sm
         if not values:
             continue
         drawn = True
-        color = f"C{i % 10}"
+        color = _run_color(i, len(runs))
         if not smoothed:  # sparse points (periodic eval): markers, no smoothing
             ax.plot(steps, values, color=color, marker="o", markersize=3, linewidth=1.5, label=run.label)
         elif smoothing == 0 or smoothing == 1 or len(values) < 3:
@@ -115,6 +115,15 @@ def _draw(runs: list[Run], key: str, title: str, ylabel: str, smoothed: bool, sm
     fig.savefig(tmp, format="png", dpi=DPI)
     os.replace(tmp, path)
     return True
+
+
+def _run_color(i: int, n: int):
+    """Distinct colours: matplotlib's 10-colour cycle, or tab20 for up to 20 runs."""
+    if n <= 10:
+        return f"C{i}"
+    from matplotlib import colormaps
+
+    return colormaps["tab20"](i % 20)
 
 
 def plot_runs(run_dirs: list[Path], out_dir: Path, smoothing: int | float = DEFAULT_SMOOTHING) -> list[Path]:
