@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, find_checkpoint
-from .config import load_yaml
+from .config import TrainConfig, load_yaml
 from .gate import HybridGate, hidden_ratio
 from .models import GATE_FILE, eos_token_ids, load_gate, load_model, resolve_device, resolve_dtype
 from .rollout import Rollout, SamplingConfig, generate, marker_matcher
@@ -36,7 +36,7 @@ def load_policy(model: str | None = None, adapter: str | Path | None = None, mod
     ``adapter`` is a run directory (newest checkpoint used) or a checkpoint directory. Mode, marker and
     sampling temperature default to the run's saved config (never parsed from directory names).
     """
-    saved: dict = {}
+    saved: dict = {}  # the run's config.yaml values; TrainConfig supplies the defaults for the rest
     ckpt = None
     if adapter is not None:
         ckpt = find_checkpoint(adapter)
@@ -44,9 +44,10 @@ def load_policy(model: str | None = None, adapter: str | Path | None = None, mod
             if candidate.is_file():
                 saved = load_yaml(candidate)
                 break
-    mode = mode or saved.get("mode", "hybrid")
+    run = TrainConfig(**saved)
+    mode = mode or run.mode
     dev = resolve_device(device)
-    loaded = load_model(model or saved.get("model", "embedded"), dtype=resolve_dtype(dtype, dev), device=dev)
+    loaded = load_model(model or run.model, dtype=resolve_dtype(dtype, dev), device=dev)
     net = loaded.model
     if ckpt is not None:
         from peft import PeftModel
@@ -56,18 +57,17 @@ def load_policy(model: str | None = None, adapter: str | Path | None = None, mod
     gate = None
     if mode == "hybrid":
         hidden = net.get_input_embeddings().weight.shape[1]
-        gate = HybridGate(hidden, saved.get("r_min", 0.99), saved.get("r_max", 0.999), saved.get("gate_c", 8.0))
-        gate.reset_parameters(generator=torch.Generator().manual_seed(saved.get("seed", 42)))
+        gate = HybridGate(hidden, run.r_min, run.r_max, run.gate_c)
+        gate.reset_parameters(generator=torch.Generator().manual_seed(run.seed))
         if ckpt is not None:
             if not (ckpt / GATE_FILE).is_file():
                 raise CheckpointError(f"{ckpt} has no {GATE_FILE}: it was trained in discrete mode; "
                                       f"pass --mode discrete")
             load_gate(gate, ckpt)
         gate.to(dev)
-    return Policy(model=net, tokenizer=loaded.tokenizer, gate=gate, marker=marker or saved.get("marker", "####"),
-                  temperature=saved.get("temperature", 0.5), top_k=saved.get("top_k", 50),
-                  top_p=saved.get("top_p", 1.0), eos_ids=eos_token_ids(loaded.model, loaded.tokenizer),
-                  device=dev, mode=mode)
+    return Policy(model=net, tokenizer=loaded.tokenizer, gate=gate, marker=marker or run.marker or "####",
+                  temperature=run.temperature, top_k=run.top_k, top_p=run.top_p,
+                  eos_ids=eos_token_ids(loaded.model, loaded.tokenizer), device=dev, mode=mode)
 
 
 def generate_ids(policy: Policy, prompt_ids: list[list[int]], max_new_tokens: int, greedy: bool = False,

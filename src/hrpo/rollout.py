@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 
 from .gate import HybridGate, latent_embeddings, thinking_inputs, topk_latent_embeddings
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 
 from ..data import require
-from ..rewards import marker_count_ok, parse_number, text_after_marker
-from .base import Task, check_prompt_format
+from ..rewards import parse_number, text_after_marker
+from .base import Task
 
 # Short on purpose: on CPU most of a step's compute is the prompt, and the 2-shot examples carry the format.
 SYSTEM_PROMPT = "Solve the problem. Write the final answer after ####."
@@ -43,11 +43,9 @@ class ArithmeticTask(Task):
 
     def __init__(self, lo: int = 1, hi: int = 50, require_single_marker: bool = True,
                  prompt_format: str = "hash", data_path: str | None = None):
+        super().__init__(prompt_format=prompt_format, data_path=data_path,
+                         require_single_marker=require_single_marker)
         self.lo, self.hi = lo, hi
-        self.require_single_marker = require_single_marker
-        self.prompt_format = check_prompt_format(prompt_format)
-        self.marker = "####" if prompt_format == "hash" else "</think>"
-        self.data_path = data_path
 
     def examples(self, n: int, seed: int = 0) -> list[dict]:
         """``n`` examples ``{"question": str, "answer": str}``, deterministic in ``seed`` (from the data file,
@@ -77,13 +75,6 @@ class ArithmeticTask(Task):
 
     def extract_answer(self, completion: str, example: dict | None = None) -> str | None:
         return text_after_marker(completion, self.marker)
-
-    def reward(self, completion: str, example: dict) -> float:
-        """1.0 if the number after the last marker equals the answer (and the marker occurs once), else 0.0."""
-        if self.require_single_marker and not marker_count_ok(completion, self.marker):
-            return 0.0
-        value = parse_number(self.extract_answer(completion))
-        return float(value is not None and value == parse_number(example["answer"]))
 
     # ------------------------------------------------------------------ the common task interface
     def load(self, split: str = "test", data_path: str | None = None, limit: int | None = None) -> list[dict]:
