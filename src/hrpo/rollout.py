@@ -152,12 +152,49 @@ def marker_matcher(tokenizer, marker: str, vocab_size: int | None = None) -> Mar
     return _matcher_cached(tokenizer, marker, int(vocab_size or len(tokenizer)))
 
 
-def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None):
-    """Draw one token per row from last-position ``logits`` (B, V).
+_MASK31 = (1 << 31) - 1
+
+
+def _mix31(h: torch.Tensor) -> torch.Tensor:
+    """An integer hash of int64 values in [0, 2^31): every product stays below 2^62 (no overflow)."""
+    h = h ^ (h >> 15)
+    h = (h * 0x2C1B3C6D) & _MASK31
+    h = h ^ (h >> 12)
+    h = (h * 0x297A2D39) & _MASK31
+    return h ^ (h >> 15)
+
+
+def row_uniforms(row_seeds: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
+    """(B,) int64 row seeds and a decode step -> (B,) fp32 uniforms in [0, 1) with 24 random bits.
+
+    A pure function of (seed, step): a row samples the same tokens whichever batch, process or engine it is in,
+    and no generator state is involved (so the step can be captured in a CUDA graph).
+    """
+    folded = (row_seeds ^ (row_seeds >> 31) ^ (row_seeds >> 62)) & _MASK31
+    h = _mix31(_mix31(folded) ^ ((step * 0x01000193 + 0x6B43A9B5) & _MASK31))
+    return (h >> 7).float() * (1.0 / (1 << 24))
+
+
+def rollout_row_seeds(seed: int, step: int, rows: torch.Tensor | range, device=None) -> torch.Tensor:
+    """Seeds (len(rows),) int64 for the completion rows ``rows`` (global indices) of training step ``step``."""
+    rows = torch.as_tensor(list(rows) if isinstance(rows, range) else rows, dtype=torch.long, device=device)
+    base = ((seed & _MASK31) * 1_000_003 + (step & _MASK31)) & ((1 << 40) - 1)
+    return base * (1 << 21) + rows
+
+
+def seeds_from_generator(batch: int, generator: torch.Generator | None, device=None) -> torch.Tensor:
+    """(batch,) random int64 row seeds drawn from ``generator`` (or the global CPU generator)."""
+    where = generator.device if generator is not None else "cpu"
+    return torch.randint(0, 1 << 62, (batch,), generator=generator, dtype=torch.long, device=where).to(device)
+
+
+def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig, uniforms: torch.Tensor | None = None):
+    """Draw one token per row from last-position ``logits`` (B, V) by inverse CDF with ``uniforms`` (B,) in [0,1).
 
     Returns ``(tokens (B,), logprobs (B,) fp32, kept_probs (B, k) fp32, kept_ids (B, k))``: the kept
     distribution is the temperature/top-k/top-p one the token came from (k = V without top-k) and is what the
-    latent is built from. ``logprobs`` are under the temperature-scaled full distribution.
+    latent is built from. ``logprobs`` are under the temperature-scaled full distribution. ``uniforms`` may be
+    None only when ``sampling.greedy``.
     """
     scores = logits.float() / sampling.temperature
     vocab = scores.shape[-1]
@@ -171,7 +208,9 @@ def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig, generator: tor
     if sampling.greedy:
         tokens = logits.argmax(dim=-1)
     else:
-        choice = torch.multinomial(kept_probs, 1, generator=generator)
+        cdf = kept_probs.cumsum(dim=-1)
+        target = uniforms[:, None] * cdf[:, -1:]
+        choice = (cdf < target).sum(dim=-1, keepdim=True).clamp_max(k - 1)
         tokens = kept_ids.gather(-1, choice).squeeze(-1)
     lp_temp = sampling.logprob_temperature or sampling.temperature
     lp_scores = scores if lp_temp == sampling.temperature else logits.float() / lp_temp
@@ -202,7 +241,8 @@ def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampling: SamplingConfig, *,
              gate: HybridGate | None, matcher: MarkerMatcher | None, eos_token_ids: list[int], pad_token_id: int,
-             generator: torch.Generator | None = None, group_size: int = 1, mode: str | None = None) -> Rollout:
+             generator: torch.Generator | None = None, row_seeds: torch.Tensor | None = None, group_size: int = 1,
+             mode: str | None = None, engine: str = "eager") -> Rollout:
     """Sample completions for left-padded prompts (B, P).
 
     ``mode`` (default: hybrid with a gate, else discrete) is hybrid (HRPO), discrete (GRPO: plain embeddings),
@@ -210,8 +250,19 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, samplin
     PeftModel) accepting ``inputs_embeds``, ``attention_mask``, ``position_ids`` and a KV cache. Decoding stops
     when every row has produced an EOS or after ``sampling.max_new_tokens`` tokens. With ``group_size`` G > 1,
     rows come in runs of G identical prompts (the G samples of one question): each prompt is prefilled once
-    and its KV cache shared by the group.
+    and its KV cache shared by the group. Sampling noise is a function of ``row_seeds`` (B,) int64 (see
+    :func:`row_uniforms`; drawn from ``generator`` when None). ``engine`` picks the decode loop: eager (this
+    function: HF forward with a dynamic cache), static / graph (:mod:`hrpo.fast_rollout`: a static KV cache,
+    with ``graph`` also compiled and replayed as a CUDA graph) or auto (the fastest that supports the model).
     """
+    if engine != "eager":
+        from .fast_rollout import generate_fast, resolve_engine
+
+        engine = resolve_engine(engine, model, mode or ("hybrid" if gate is not None else "discrete"))
+        if engine != "eager":
+            return generate_fast(model, prompt_ids, prompt_mask, sampling, gate=gate, matcher=matcher,
+                                 eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, generator=generator,
+                                 row_seeds=row_seeds, group_size=group_size, mode=mode, engine=engine)
     from transformers import DynamicCache
 
     mode = mode or ("hybrid" if gate is not None else "discrete")
@@ -225,6 +276,9 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, samplin
     want_hidden = {"output_hidden_states": True} if mode == "hidden" else {}
     batch, max_new = prompt_ids.shape[0], sampling.max_new_tokens
     eos = torch.tensor(eos_token_ids, device=device, dtype=torch.long)
+    if row_seeds is None:
+        row_seeds = seeds_from_generator(batch, generator)
+    row_seeds = row_seeds.to(device)
     dense_embeds = None  # (V, H) embedding outputs, only when no top-k keeps the latent sparse
 
     attention_mask = prompt_mask.long()
@@ -247,7 +301,8 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, samplin
     state = torch.zeros(batch, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     for step in range(max_new):
-        tokens, logprobs, kept_probs, kept_ids = sample_tokens(last_logits, sampling, generator)
+        tokens, logprobs, kept_probs, kept_ids = sample_tokens(last_logits, sampling,
+                                                               row_uniforms(row_seeds, step))
         tokens = tokens.masked_fill(finished, pad_token_id)
         real_out.append(~finished)
         finished = finished | torch.isin(tokens, eos)

@@ -1,0 +1,605 @@
+"""Fast hybrid rollouts: a static KV cache, fused projections, and (on CUDA) a compiled step replayed as a graph.
+
+Same semantics as the eager loop in :mod:`hrpo.rollout` (same sampling noise per row seed, same thinking span,
+latents, gate and log-probs); only the decode machinery differs:
+
+* the decoder layers of Llama-family models (llama, qwen2, qwen3, mistral) run from *effective* weights
+  (base + LoRA delta merged into a private copy, refreshed every call; q/k/v and gate/up fused into one GEMM
+  each), read through public module attributes; nothing in transformers or peft is patched;
+* keys and values live in a pre-allocated (B, kv_heads, L, head_dim) cache per layer; a decode step writes
+  slot P + t and attends over the whole cache with a (B, L) validity mask; grouped-query attention folds the
+  query heads of one KV head into the query axis instead of repeating keys and values;
+* one step (sample + latent + gate + forward) only reads and writes fixed buffers, so on CUDA it is compiled
+  with ``torch.compile`` and captured once as a CUDA graph per (batch, cache length); finished rows keep
+  stepping (masked), and the host checks "all finished" every few steps only.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .gate import HybridGate, latent_embeddings, thinking_inputs, topk_latent_embeddings
+from .rollout import (MarkerMatcher, Rollout, SamplingConfig, position_ids_from_mask, row_uniforms,
+                      rows_repeat, sample_tokens, seeds_from_generator)
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+CACHE_BUCKET = 128  # cache lengths are rounded up to a multiple of this, so one graph serves many prompt lengths
+SYNC_EVERY = 16  # graph replays between host checks for "every row finished"
+
+
+def _base_model(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def unsupported_reason(model) -> str | None:
+    """Why the static engine cannot run ``model`` (None when it can)."""
+    base = _base_model(model)
+    config = base.config
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        return f"model_type '{config.model_type}' (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+    decoder = base.get_decoder()
+    if not hasattr(decoder, "rotary_emb") or not hasattr(decoder, "layers"):
+        return "a decoder without rotary_emb/layers"
+    for layer in decoder.layers:
+        if getattr(layer.self_attn, "sliding_window", None):
+            return "sliding-window attention"
+        mlp = layer.mlp
+        if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+            return "an MLP other than gate/up/down"
+        for module in _projections(layer):
+            if any(getattr(module, "use_dora", {}).get(a, False) for a in getattr(module, "active_adapters", [])):
+                return "DoRA adapters"
+    return None
+
+
+def resolve_engine(engine: str, model, mode: str) -> str:
+    """'auto' | 'eager' | 'static' | 'graph' -> the engine that will run (raises for an impossible explicit one)."""
+    if engine == "eager":
+        return engine
+    reason = unsupported_reason(model)
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    if engine == "auto":  # on CPU the step is matmul-bound and the static engine gains nothing: stay eager
+        return "graph" if on_cuda and not reason else "eager"
+    if engine not in ("static", "graph"):
+        raise ValueError(f"unknown rollout engine '{engine}' (auto, eager, static, graph)")
+    if reason:
+        raise ValueError(f"rollout_engine={engine} does not support {reason}; use rollout_engine=eager or auto")
+    if engine == "graph" and not on_cuda:
+        raise ValueError("rollout_engine=graph needs a CUDA device; use static (or auto) on CPU")
+    return engine
+
+
+# ----------------------------------------------------------------------------------------------- weights
+
+
+def _projections(layer):
+    a, m = layer.self_attn, layer.mlp
+    return [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
+
+
+def effective_linear(module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight (out, in), bias) that ``module`` applies now: base weights plus the active, unmerged LoRA deltas."""
+    base = getattr(module, "base_layer", None)
+    if base is None:
+        return module.weight.detach(), None if module.bias is None else module.bias.detach()
+    weight = base.weight.detach()
+    if not module.disable_adapters and not module.merged:
+        deltas = [module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A]
+        if deltas:
+            weight = (weight.float() + sum(d.float() for d in deltas)).to(weight.dtype)
+    return weight, None if base.bias is None else base.bias.detach()
+
+
+def _cat_bias(biases, sizes, like):
+    if all(b is None for b in biases):
+        return None
+    return torch.cat([b if b is not None else like.new_zeros(n) for b, n in zip(biases, sizes)])
+
+
+@dataclass
+class DecodeWeights:
+    """Per-layer fused weights of a Llama-family decoder (tensors the step reads; refreshed in place)."""
+
+    tensors: list[dict[str, torch.Tensor | None]]
+    final_norm: torch.Tensor
+    lm_head: torch.Tensor
+    eps: float
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    scaling: float
+
+
+def decode_weights(model) -> DecodeWeights:
+    """Fresh fused copies of ``model``'s decoder weights (LoRA deltas merged in)."""
+    base = _base_model(model)
+    decoder, config = base.get_decoder(), base.config
+    layers = []
+    for layer in decoder.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        (wq, bq), (wk, bk), (wv, bv) = (effective_linear(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
+        wo, bo = effective_linear(attn.o_proj)
+        (wg, bg), (wu, bu) = effective_linear(mlp.gate_proj), effective_linear(mlp.up_proj)
+        wd, bd = effective_linear(mlp.down_proj)
+        layers.append({
+            "input_norm": layer.input_layernorm.weight.detach(),
+            "post_norm": layer.post_attention_layernorm.weight.detach(),
+            "qkv": torch.cat([wq, wk, wv]),
+            "qkv_bias": _cat_bias([bq, bk, bv], [wq.shape[0], wk.shape[0], wv.shape[0]], wq),
+            "o": wo.clone(), "o_bias": bo,
+            "gate_up": torch.cat([wg, wu]),
+            "gate_up_bias": _cat_bias([bg, bu], [wg.shape[0], wu.shape[0]], wg),
+            "down": wd.clone(), "down_bias": bd,
+            "q_norm": attn.q_norm.weight.detach() if hasattr(attn, "q_norm") else None,
+            "k_norm": attn.k_norm.weight.detach() if hasattr(attn, "k_norm") else None,
+        })
+    lm_head, _ = effective_linear(base.get_output_embeddings())
+    attn0 = decoder.layers[0].self_attn
+    head_dim = attn0.head_dim
+    return DecodeWeights(
+        tensors=layers,
+        final_norm=decoder.norm.weight.detach(),
+        lm_head=lm_head,
+        eps=float(getattr(config, "rms_norm_eps", 1e-6)),
+        num_heads=config.num_attention_heads,
+        num_kv_heads=config.num_key_value_heads,
+        head_dim=head_dim,
+        scaling=float(getattr(attn0, "scaling", head_dim ** -0.5)),
+    )
+
+
+def refresh_weights(target: DecodeWeights, model) -> None:
+    """Copy ``model``'s current effective weights into ``target``'s tensors (addresses unchanged)."""
+    fresh = decode_weights(model)
+    for old, new in zip(target.tensors, fresh.tensors):
+        for key, value in new.items():
+            if value is not None and old[key] is not None and old[key].data_ptr() != value.data_ptr():
+                old[key].copy_(value)
+    if target.lm_head.data_ptr() != fresh.lm_head.data_ptr():
+        target.lm_head.copy_(fresh.lm_head)
+
+
+# ----------------------------------------------------------------------------------------------- forward
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Llama/Qwen RMSNorm, computed in fp32 and cast back, as transformers does."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on x (B, heads, Q, D) with cos/sin (B, Q, D)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+@dataclass
+class GraphOptions:
+    """How the CUDA-graph engine builds its step (module-level :data:`OPTIONS`; benchmarks compare variants)."""
+
+    attention: str = "sdpa"  # sdpa (F.scaled_dot_product_attention) or matmul (two matmuls + fp32 softmax)
+    compile_layers: bool = True  # torch.compile the decoder layer (one compiled body shared by all layers)
+    compile_sampler: bool = True  # torch.compile sampling + latent + gate
+    compile_mode: str | None = None  # torch.compile mode, e.g. "max-autotune-no-cudagraphs"
+
+
+OPTIONS = GraphOptions()
+
+
+def fold_mask(mask: torch.Tensor, group: int, dtype) -> torch.Tensor:
+    """(B, 1, Q, L) bool -> (B, 1, group * Q, L) additive mask (0 / -inf) for :func:`grouped_attention`."""
+    batch, _, length, keys = mask.shape
+    folded = mask[:, :, None].expand(batch, 1, group, length, keys).reshape(batch, 1, group * length, keys)
+    return torch.zeros(folded.shape, dtype=dtype, device=mask.device).masked_fill(~folded, float("-inf"))
+
+
+def grouped_attention(q, keys, values, mask, scale: float) -> torch.Tensor:
+    """q (B, Hq, Q, D), keys/values (B, Hkv, L, D), mask (B, 1, G*Q, L) from :func:`fold_mask` -> (B, Hq, Q, D).
+
+    The G = Hq/Hkv query heads that share a KV head are folded into the query axis, so keys and values are read
+    once per KV head (no repeat).
+    """
+    batch, heads, length, dim = q.shape
+    kv_heads = keys.shape[1]
+    q = q.reshape(batch, kv_heads, (heads // kv_heads) * length, dim)
+    if OPTIONS.attention == "matmul":
+        scores = torch.matmul(q, keys.transpose(-1, -2)).float() * scale + mask.float()
+        out = torch.matmul(torch.softmax(scores, dim=-1).to(values.dtype), values)
+    else:
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
+    return out.reshape(batch, heads, length, dim)
+
+
+def attention_inputs(x, w: dict, cos, sin, dims: DecodeWeights):
+    """x (B, Q, H) -> rotated q (B, Hq, Q, D), rotated k and v (B, Hkv, Q, D) of one layer."""
+    batch, length, _ = x.shape
+    nh, nkv, hd = dims.num_heads, dims.num_kv_heads, dims.head_dim
+    h = rms_norm(x, w["input_norm"], dims.eps)
+    q, k, v = F.linear(h, w["qkv"], w["qkv_bias"]).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+    q, k, v = q.view(batch, length, nh, hd), k.view(batch, length, nkv, hd), v.view(batch, length, nkv, hd)
+    if w["q_norm"] is not None:
+        q, k = rms_norm(q, w["q_norm"], dims.eps), rms_norm(k, w["k_norm"], dims.eps)
+    return rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin), v.transpose(1, 2)
+
+
+def layer_output(x, q, w: dict, keys, values, mask, dims: DecodeWeights, act):
+    """Attention of q over the cache, output projection, residual, MLP, residual -> (B, Q, H)."""
+    batch, length, _ = x.shape
+    attn = grouped_attention(q, keys, values, mask, dims.scaling)
+    x = x + F.linear(attn.transpose(1, 2).reshape(batch, length, -1), w["o"], w["o_bias"])
+    h = rms_norm(x, w["post_norm"], dims.eps)
+    gate, up = F.linear(h, w["gate_up"], w["gate_up_bias"]).chunk(2, dim=-1)
+    return x + F.linear(act(gate) * up, w["down"], w["down_bias"])
+
+
+def make_layer(pre=attention_inputs, post=layer_output):
+    """A decoder layer from its two halves (either may be compiled). The cache write between them stays outside
+    the compiler: compiled in-place writes to a graph input copied the whole cache each step."""
+
+    def layer(x, w: dict, keys, values, slots, mask, cos, sin, dims: DecodeWeights, act):
+        """One decoder layer on x (B, Q, H); writes its keys/values for the Q positions at cache ``slots`` (Q,)."""
+        q, k, v = pre(x, w, cos, sin, dims)
+        keys.index_copy_(2, slots, k)
+        values.index_copy_(2, slots, v)
+        return post(x, q, w, keys, values, mask, dims, act)
+
+    return layer
+
+
+decoder_layer = make_layer()
+
+
+@dataclass
+class Modules:
+    """The model pieces the engine calls as they are (embedding, rotary embedding, activation)."""
+
+    embed: torch.nn.Module
+    rotary: torch.nn.Module
+    act: object
+
+
+def model_modules(model) -> Modules:
+    decoder = _base_model(model).get_decoder()
+    return Modules(embed=model.get_input_embeddings(), rotary=decoder.rotary_emb, act=decoder.layers[0].mlp.act_fn)
+
+
+def forward(x, positions, slots, mask, weights: DecodeWeights, modules: Modules, keys, values, layer_fn=decoder_layer):
+    """x (B, Q, H) at ``positions`` (B, Q) written to cache ``slots`` (Q,), attending where ``mask`` (B, 1, Q, L)
+    is true -> (last logits (B, V), last normed hidden (B, H))."""
+    cos, sin = modules.rotary(x, positions)
+    mask = fold_mask(mask, weights.num_heads // weights.num_kv_heads, x.dtype)
+    for i, w in enumerate(weights.tensors):
+        x = layer_fn(x, w, keys[i], values[i], slots, mask, cos, sin, weights, modules.act)
+    hidden = rms_norm(x[:, -1], weights.final_norm, weights.eps)
+    return F.linear(hidden, weights.lm_head), hidden
+
+
+# ----------------------------------------------------------------------------------------------- state
+
+
+@dataclass
+class DecodeState:
+    """Every tensor one decode step reads or writes (fixed addresses, so a CUDA graph can replay the step)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    valid: torch.Tensor  # (B, L) bool: cache slots a query may attend to
+    logits: torch.Tensor  # (B, V) logits of the latest forward
+    hidden: torch.Tensor  # (B, H) its last normed hidden state
+    positions: torch.Tensor  # (B, 1) RoPE position of the next input
+    step: torch.Tensor  # () long: decode step t
+    prompt_len: torch.Tensor  # () long: P, so the step writes slot P + t
+    row_seeds: torch.Tensor
+    finished: torch.Tensor
+    marker_state: torch.Tensor
+    tokens: torch.Tensor  # (B, N) outputs ...
+    real: torch.Tensor
+    thinking: torch.Tensor
+    logprobs: torch.Tensor
+    gate_mean: torch.Tensor
+    latents: torch.Tensor | None
+
+
+def allocate_state(weights: DecodeWeights, batch: int, cache_len: int, max_new: int, hidden_size: int,
+                   vocab: int, latents: bool, dtype, device) -> DecodeState:
+    kv = (batch, weights.num_kv_heads, cache_len, weights.head_dim)
+    n = len(weights.tensors)
+    zeros = lambda *shape, **kw: torch.zeros(*shape, device=device, **kw)  # noqa: E731
+    return DecodeState(
+        keys=[zeros(*kv, dtype=dtype) for _ in range(n)],
+        values=[zeros(*kv, dtype=dtype) for _ in range(n)],
+        valid=zeros(batch, cache_len, dtype=torch.bool),
+        logits=zeros(batch, vocab, dtype=dtype),
+        hidden=zeros(batch, hidden_size, dtype=dtype),
+        positions=zeros(batch, 1, dtype=torch.long),
+        step=zeros((), dtype=torch.long),
+        prompt_len=zeros((), dtype=torch.long),
+        row_seeds=zeros(batch, dtype=torch.long),
+        finished=zeros(batch, dtype=torch.bool),
+        marker_state=zeros(batch, dtype=torch.long),
+        tokens=zeros(batch, max_new, dtype=torch.long),
+        real=zeros(batch, max_new, dtype=torch.bool),
+        thinking=zeros(batch, max_new, dtype=torch.bool),
+        logprobs=zeros(batch, max_new, dtype=torch.float32),
+        gate_mean=torch.ones(batch, max_new, device=device),
+        latents=zeros(batch, max_new, hidden_size, dtype=dtype) if latents else None,
+    )
+
+
+@dataclass
+class StepSpec:
+    """The constant parts of a decode step."""
+
+    sampling: SamplingConfig
+    mode: str
+    gate: HybridGate | None
+    matcher: MarkerMatcher | None
+    eos: torch.Tensor  # (E,) long
+    pad_token_id: int
+    max_new: int
+
+
+def sample_into(state: DecodeState, spec: StepSpec, embed) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Sample step t from ``state.logits`` and record it in column t; returns (tokens, vectors, thinking)."""
+    t = state.step
+    column = t.view(1)
+    tokens, logprobs, kept_probs, kept_ids = sample_tokens(state.logits, spec.sampling,
+                                                           row_uniforms(state.row_seeds, t))
+    real = ~state.finished
+    tokens = tokens.masked_fill(state.finished, spec.pad_token_id)
+    finished = state.finished | (tokens[:, None] == spec.eos).any(dim=-1)
+    vectors = None
+    if spec.mode != "discrete":
+        marker_state = spec.matcher.table[state.marker_state, tokens]
+        state.marker_state.copy_(marker_state)
+        thinking = ~finished & (marker_state < spec.matcher.done_state) & (t < spec.max_new - 1)
+        if spec.mode == "hidden":
+            vectors = state.hidden
+        elif kept_ids.shape[-1] < state.logits.shape[-1]:
+            vectors = topk_latent_embeddings(kept_probs, embed(kept_ids))
+        else:
+            probs = torch.zeros_like(kept_probs).scatter_(-1, kept_ids, kept_probs)
+            vectors = latent_embeddings(probs, embed.weight)
+        state.latents.index_copy_(1, column, vectors[:, None].to(state.latents.dtype))
+    else:
+        thinking = torch.zeros_like(finished)
+    state.finished.copy_(finished)
+    state.tokens.index_copy_(1, column, tokens[:, None])
+    state.real.index_copy_(1, column, real[:, None])
+    state.thinking.index_copy_(1, column, thinking[:, None])
+    state.logprobs.index_copy_(1, column, logprobs.masked_fill(~real, 0.0)[:, None])
+    return tokens, vectors, thinking
+
+
+def next_inputs(state: DecodeState, spec: StepSpec, embed) -> torch.Tensor:
+    """Sample step t, record it, and return the input embedding (B, 1, H) it is fed back as."""
+    tokens, vectors, thinking = sample_into(state, spec, embed)
+    token_embeds = embed(tokens[:, None])
+    inputs, mean_a = thinking_inputs(spec.mode, spec.gate, token_embeds,
+                                     None if vectors is None else vectors[:, None], thinking[:, None])
+    state.gate_mean.index_copy_(1, state.step.view(1), mean_a)
+    return inputs.to(token_embeds.dtype)
+
+
+def decode_step(state: DecodeState, spec: StepSpec, weights: DecodeWeights, modules: Modules, layer_fn,
+                sampler=next_inputs) -> None:
+    """One full step t: sample, record, build the next input (gated in the thinking span), forward it."""
+    inputs = sampler(state, spec, modules.embed)
+    slot = (state.prompt_len + state.step).view(1)
+    state.valid.index_fill_(1, slot, True)
+    logits, hidden = forward(inputs, state.positions, slot, state.valid[:, None, None],
+                             weights, modules, state.keys, state.values, layer_fn)
+    state.logits.copy_(logits)
+    state.hidden.copy_(hidden)
+    state.positions.add_(1)
+    state.step.add_(1)
+
+
+def prefill(state: DecodeState, prompt_ids, prompt_mask, group: int, weights: DecodeWeights,
+            modules: Modules) -> None:
+    """Run the prompts (B, P) once per distinct prompt (rows in runs of ``group``), fill cache slots [0, P),
+    the validity mask, the first logits and positions."""
+    batch, length = prompt_ids.shape
+    rows = slice(None, None, group)
+    ids, mask = prompt_ids[rows], prompt_mask[rows].bool()
+    positions = position_ids_from_mask(mask)
+    n, device = ids.shape[0], ids.device
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    attend = (causal[None] & mask[:, None, :]) | torch.eye(length, dtype=torch.bool, device=device)[None]
+    kv_shape = (n, weights.num_kv_heads, length, weights.head_dim)
+    dtype = state.keys[0].dtype
+    keys = [torch.empty(kv_shape, dtype=dtype, device=device) for _ in weights.tensors]
+    values = [torch.empty(kv_shape, dtype=dtype, device=device) for _ in weights.tensors]
+    slots = torch.arange(length, device=device)
+    logits, hidden = forward(modules.embed(ids), positions, slots, attend[:, None], weights, modules, keys, values)
+    for cache, fresh in zip(state.keys + state.values, keys + values):
+        cache[:, :, :length].copy_(fresh.repeat_interleave(group, dim=0))
+        cache[:, :, length:].zero_()
+    state.valid.zero_()
+    state.valid[:, :length].copy_(prompt_mask.bool())
+    state.logits.copy_(logits.repeat_interleave(group, dim=0))
+    state.hidden.copy_(hidden.repeat_interleave(group, dim=0))
+    state.positions.copy_(positions[:, -1:].repeat_interleave(group, dim=0) + 1)
+    state.prompt_len.fill_(length)
+
+
+def reset_outputs(state: DecodeState, row_seeds: torch.Tensor) -> None:
+    state.step.zero_()
+    state.row_seeds.copy_(row_seeds)
+    state.finished.zero_()
+    state.marker_state.zero_()
+    for t in (state.tokens, state.real, state.thinking, state.logprobs):
+        t.zero_()
+    state.gate_mean.fill_(1.0)
+    if state.latents is not None:
+        state.latents.zero_()
+
+
+# ----------------------------------------------------------------------------------------------- engines
+
+
+@dataclass
+class GraphEngine:
+    """A captured CUDA graph of :func:`decode_step` with the buffers it replays on."""
+
+    key: tuple
+    weights: DecodeWeights
+    state: DecodeState
+    spec: StepSpec
+    graph: torch.cuda.CUDAGraph
+    compiled: str  # what ran compiled: "layers+sampler", "layers" or "none"
+
+
+_GRAPHS: dict[int, GraphEngine] = {}  # one captured engine per model (the latest shape)
+
+
+def _compiled(fn):
+    import torch._dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):  # one compiled variant per model shape, not per call
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
+    return torch.compile(fn, dynamic=False, mode=OPTIONS.compile_mode)
+
+
+def _capture_once(model, spec: StepSpec, key, batch, cache_len, compile_layers: bool,
+                  compile_sampler: bool) -> GraphEngine:
+    modules = model_modules(model)
+    weights = decode_weights(model)
+    embed = modules.embed
+    state = allocate_state(weights, batch, cache_len, spec.max_new, embed.weight.shape[1],
+                           weights.lm_head.shape[0], spec.mode != "discrete", embed.weight.dtype,
+                           embed.weight.device)
+    layer_fn = make_layer(_compiled(attention_inputs), _compiled(layer_output)) if compile_layers else decoder_layer
+    sampler = _compiled(next_inputs) if compile_sampler else next_inputs
+    state.valid[:, 0] = True
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # warm-up: compile, autotune, allocate
+            state.step.zero_()
+            decode_step(state, spec, weights, modules, layer_fn, sampler)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    state.step.zero_()
+    with torch.cuda.graph(graph):
+        decode_step(state, spec, weights, modules, layer_fn, sampler)
+    compiled = "+".join(n for n, on in (("layers", compile_layers), ("sampler", compile_sampler)) if on) or "none"
+    return GraphEngine(key=key, weights=weights, state=state, spec=spec, graph=graph, compiled=compiled)
+
+
+def _capture(model, spec: StepSpec, key, batch, cache_len) -> GraphEngine:
+    """Capture the step, compiled as :data:`OPTIONS` asks; on compiler or capture errors retry with less
+    compiled (warning once per failure)."""
+    wanted = (OPTIONS.compile_layers, OPTIONS.compile_sampler)
+    attempts = list(dict.fromkeys([wanted, (wanted[0], False), (False, False)]))
+    for i, (layers, sampler) in enumerate(attempts):
+        try:
+            return _capture_once(model, spec, key, batch, cache_len, layers, sampler)
+        except Exception as err:
+            if i == len(attempts) - 1:
+                raise
+            warnings.warn(f"CUDA-graph capture with compiled layers={layers} sampler={sampler} failed "
+                          f"({type(err).__name__}: {err}); retrying with less compiled")
+            torch.cuda.synchronize()
+    raise AssertionError("unreachable")
+
+
+def _graph_engine(model, spec: StepSpec, batch: int, cache_len: int) -> GraphEngine:
+    s = spec.sampling
+    key = (batch, cache_len, spec.max_new, spec.mode, id(spec.gate), id(spec.matcher), tuple(spec.eos.tolist()),
+           spec.pad_token_id, s.temperature, s.top_k, s.top_p, s.greedy, s.logprob_temperature)
+    engine = _GRAPHS.get(id(model))
+    if engine is not None and engine.key == key:
+        refresh_weights(engine.weights, model)
+        return engine
+    _GRAPHS.pop(id(model), None)
+    torch.cuda.empty_cache()
+    engine = _capture(model, spec, key, batch, cache_len)
+    _GRAPHS[id(model)] = engine
+    return engine
+
+
+def _bucket(length: int) -> int:
+    return int(math.ceil(length / CACHE_BUCKET) * CACHE_BUCKET)
+
+
+@torch.no_grad()
+def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampling: SamplingConfig, *,
+                  gate: HybridGate | None, matcher: MarkerMatcher | None, eos_token_ids: list[int],
+                  pad_token_id: int, generator: torch.Generator | None = None,
+                  row_seeds: torch.Tensor | None = None, group_size: int = 1, mode: str | None = None,
+                  engine: str = "static", sync_every: int | None = None) -> Rollout:
+    """:func:`hrpo.rollout.generate` on the static engine (``engine='static'``) or its CUDA graph ('graph').
+
+    ``sync_every``: decode steps between checks for "every row finished" (static default 1; graph: 16).
+    """
+    mode = mode or ("hybrid" if gate is not None else "discrete")
+    if mode == "hybrid" and gate is None:
+        raise ValueError("hybrid rollouts need a HybridGate")
+    if mode != "discrete" and matcher is None:
+        raise ValueError(f"{mode} rollouts need a MarkerMatcher to find the end of the thinking span")
+    device = prompt_ids.device
+    batch, length = prompt_ids.shape
+    max_new = sampling.max_new_tokens
+    if row_seeds is None:
+        row_seeds = seeds_from_generator(batch, generator)
+    row_seeds = row_seeds.to(device)
+    if matcher is not None:
+        matcher.step(torch.zeros(1, dtype=torch.long, device=device), torch.zeros(1, dtype=torch.long, device=device))
+    spec = StepSpec(sampling=sampling, mode=mode, gate=gate, matcher=matcher,
+                    eos=torch.tensor(eos_token_ids or [-1], dtype=torch.long, device=device),
+                    pad_token_id=pad_token_id, max_new=max_new)
+    group = group_size if group_size > 1 and rows_repeat(prompt_ids, prompt_mask, group_size) else 1
+    modules = model_modules(model)
+
+    if engine == "graph":
+        graph_engine = _graph_engine(model, spec, batch, _bucket(length + max_new))
+        state, weights = graph_engine.state, graph_engine.weights
+        step_fn, sync_every = graph_engine.graph.replay, SYNC_EVERY
+    else:
+        weights = decode_weights(model)
+        state = allocate_state(weights, batch, length + max_new, max_new, modules.embed.weight.shape[1],
+                               weights.lm_head.shape[0], mode != "discrete", modules.embed.weight.dtype, device)
+        step_fn = lambda: decode_step(state, spec, weights, modules, decoder_layer)  # noqa: E731
+        sync_every = sync_every or 1
+    prefill(state, prompt_ids, prompt_mask, group, weights, modules)
+    reset_outputs(state, row_seeds)
+    run_steps(state, spec, modules, step_fn, sync_every)
+    return _rollout(state, prompt_ids, prompt_mask)
+
+
+def run_steps(state: DecodeState, spec: StepSpec, modules: Modules, step_fn, sync_every: int) -> None:
+    """Run ``step_fn`` (one :func:`decode_step`) up to N - 1 times, checking every ``sync_every`` steps whether
+    all rows finished, then sample the last column (never fed back) unless they all did."""
+    for t in range(spec.max_new - 1):
+        step_fn()
+        if (t + 1) % sync_every == 0 and bool(state.finished.all()):
+            return
+    if not bool(state.finished.all()):
+        sample_into(state, spec, modules.embed)
+
+
+def _rollout(state: DecodeState, prompt_ids, prompt_mask) -> Rollout:
+    """Trim the output buffers to the columns the eager loop would have produced (it stops once all rows end)."""
+    real = state.real
+    columns = int(real.sum(dim=1).max()) if bool(state.finished.all()) else real.shape[1]
+    cut = slice(0, columns)
+    return Rollout(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        completion_ids=state.tokens[:, cut].clone(),
+        completion_mask=real[:, cut].clone(),
+        thinking_mask=state.thinking[:, cut].clone(),
+        latents=None if state.latents is None else state.latents[:, cut].clone(),
+        logprobs=state.logprobs[:, cut].clone(),
+        gate_mean=state.gate_mean[:, cut].clone(),
+    )

@@ -1,0 +1,152 @@
+"""The static-cache engine (the CPU variant of the CUDA-graph engine) against the eager engine, and row-seeded
+sampling."""
+
+import pytest
+import torch
+
+from conftest import build_tiny_model, tiny_config
+from hrpo import HybridGate, SamplingConfig, generate
+from hrpo.fast_rollout import effective_linear, generate_fast, resolve_engine, unsupported_reason
+from hrpo.models import add_lora
+from hrpo.rollout import marker_matcher, row_uniforms, sample_tokens
+from hrpo.text import left_pad
+
+PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
+
+
+def _qwen3(vocab):
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    common = tiny_config("qwen2", vocab).to_dict()
+    keep = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "max_position_embeddings", "tie_word_embeddings")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(Qwen3Config(**{k: common[k] for k in keep}, head_dim=8),
+                                             dtype=torch.float32)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(20.0)
+    return model
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3"])
+def lora_model(request, tokenizer):
+    """A tiny model of each supported family with a LoRA adapter whose deltas are non-zero."""
+    model = _qwen3(len(tokenizer)) if request.param == "qwen3" else build_tiny_model(request.param, len(tokenizer))
+    model = add_lora(model, 4, 8)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    return model.eval()
+
+
+def _gate():
+    gate = HybridGate(32, r_min=0.5, r_max=0.6)  # a strongly mixing gate, so latents matter
+    gate.reset_parameters(torch.Generator().manual_seed(1))
+    return gate
+
+
+def _run(model, tokenizer, mode, sampling, eos, engine, **kw):
+    ids, mask = left_pad([p for p in PROMPTS for _ in range(2)], tokenizer.pad_token_id)
+    run = generate if engine == "eager" else generate_fast
+    extra = {} if engine == "eager" else {"engine": "static", **kw}
+    return run(model, ids, mask, sampling, gate=_gate() if mode == "hybrid" else None,
+               matcher=marker_matcher(tokenizer, "####"), eos_token_ids=eos, pad_token_id=tokenizer.pad_token_id,
+               row_seeds=torch.arange(6) * 7 + 3, group_size=2, mode=mode, **extra)
+
+
+def _assert_same(a, b, atol=1e-4):
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    assert torch.equal(a.completion_mask, b.completion_mask)
+    assert torch.equal(a.thinking_mask, b.thinking_mask)
+    torch.testing.assert_close(a.logprobs, b.logprobs, atol=atol, rtol=0)
+    torch.testing.assert_close(a.gate_mean, b.gate_mean, atol=atol, rtol=0)
+    if a.latents is None:
+        assert b.latents is None
+    else:
+        torch.testing.assert_close(a.latents, b.latents, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "discrete", "latent", "hidden"])
+def test_static_engine_equals_eager(lora_model, tokenizer, mode):
+    sampling = SamplingConfig(max_new_tokens=10, temperature=1.0, top_k=50)
+    eager = _run(lora_model, tokenizer, mode, sampling, [2], "eager")
+    assert eager.thinking_mask.any() or mode == "discrete"
+    _assert_same(eager, _run(lora_model, tokenizer, mode, sampling, [2], "static"))
+    # an "EOS" the model actually samples: rows end at different steps and the rollout is trimmed like eager's
+    eos = [int(eager.completion_ids[0, 3]), int(eager.completion_ids[2, 1])]
+    eager_eos = _run(lora_model, tokenizer, mode, sampling, eos, "eager")
+    assert not eager_eos.completion_mask.all()
+    for sync_every in (1, 4):  # 4: the CUDA graph's loop, which checks "all finished" only every few steps
+        _assert_same(eager_eos, _run(lora_model, tokenizer, mode, sampling, eos, "static", sync_every=sync_every))
+
+
+@pytest.mark.parametrize("sampling", [SamplingConfig(max_new_tokens=8, temperature=0.7, top_k=0, top_p=0.9),
+                                      SamplingConfig(max_new_tokens=8, greedy=True)], ids=["dense-top-p", "greedy"])
+def test_static_engine_equals_eager_dense_latents_and_greedy(lora_model, tokenizer, sampling):
+    _assert_same(_run(lora_model, tokenizer, "hybrid", sampling, [2], "eager"),
+                 _run(lora_model, tokenizer, "hybrid", sampling, [2], "static"))
+
+
+def test_effective_linear_matches_the_lora_module(lora_model):
+    q_proj = lora_model.get_base_model().get_decoder().layers[0].self_attn.q_proj
+    x = torch.randn(3, q_proj.in_features)
+    weight, bias = effective_linear(q_proj)
+    torch.testing.assert_close(torch.nn.functional.linear(x, weight, bias), q_proj(x), atol=1e-5, rtol=0)
+    with lora_model.disable_adapter():  # the reference model: base weights only
+        base, _ = effective_linear(q_proj)
+    assert torch.equal(base, q_proj.base_layer.weight)
+    assert not torch.equal(base, weight)
+
+
+def test_engine_resolution(tiny_model_dirs, tokenizer):
+    from hrpo.models import load_model
+
+    gemma = load_model(str(tiny_model_dirs["gemma3"]), dtype="float32").model
+    llama = load_model(str(tiny_model_dirs["llama"]), dtype="float32").model
+    assert "gemma3" in unsupported_reason(gemma)
+    assert unsupported_reason(llama) is None
+    assert resolve_engine("auto", gemma, "hybrid") == "eager"
+    assert resolve_engine("auto", llama, "hybrid") == "eager"  # CPU: eager is as fast
+    assert resolve_engine("static", llama, "hybrid") == "static"
+    with pytest.raises(ValueError, match="gemma3"):
+        resolve_engine("static", gemma, "hybrid")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        resolve_engine("graph", llama, "hybrid")
+
+
+def test_row_uniforms_are_a_pure_function_of_seed_and_step():
+    seeds = torch.arange(20000, dtype=torch.long) * 7919 + (1 << 40)
+    u = row_uniforms(seeds, 3)
+    assert torch.equal(u, row_uniforms(seeds, 3))
+    assert torch.equal(u[5:9], row_uniforms(seeds[5:9], torch.tensor(3)))
+    assert not torch.equal(u, row_uniforms(seeds, 4))
+    assert float(u.min()) >= 0.0 and float(u.max()) < 1.0
+    counts = torch.histc(u, bins=10, min=0.0, max=1.0)
+    chi2 = float(((counts - 2000.0) ** 2 / 2000.0).sum())
+    assert chi2 < 27.9  # 9 degrees of freedom, p = 0.001
+    assert abs(float(torch.corrcoef(torch.stack([u, row_uniforms(seeds, 4)]))[0, 1])) < 0.03
+
+
+def test_inverse_cdf_sampling_follows_the_kept_distribution():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().expand(40000, 4)
+    seeds = torch.arange(40000, dtype=torch.long)
+    tokens, logprobs, kept, _ = sample_tokens(logits, SamplingConfig(temperature=1.0, top_k=3), row_uniforms(seeds, 0))
+    freq = torch.bincount(tokens, minlength=4).float() / 40000
+    torch.testing.assert_close(freq, torch.tensor([0.5, 0.3, 0.15, 0.0]) / 0.95, atol=0.01, rtol=0)
+    torch.testing.assert_close(logprobs, probs.log()[tokens], atol=1e-6, rtol=0)  # under the full distribution
+
+
+def test_a_row_samples_the_same_tokens_in_any_batch(tiny_model_dirs, tokenizer):
+    from hrpo.models import load_model
+
+    model = load_model(str(tiny_model_dirs["llama"]), dtype="float32").model
+    ids, mask = left_pad(PROMPTS, tokenizer.pad_token_id)
+    seeds = torch.tensor([11, 22, 33])
+    kw = dict(gate=None, matcher=None, eos_token_ids=[2], pad_token_id=tokenizer.pad_token_id)
+    full = generate(model, ids, mask, SamplingConfig(max_new_tokens=8, temperature=1.0), row_seeds=seeds, **kw)
+    alone = generate(model, ids[1:2, -2:], mask[1:2, -2:], SamplingConfig(max_new_tokens=8, temperature=1.0),
+                     row_seeds=seeds[1:2], **kw)
+    n = int(alone.completion_mask.sum())
+    assert torch.equal(full.completion_ids[1, :n], alone.completion_ids[0, :n])
