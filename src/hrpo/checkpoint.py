@@ -1,11 +1,14 @@
 """Checkpoints: LoRA adapter (PEFT format), gate (safetensors), optimiser/scheduler/RNG state and step.
 
-A checkpoint is written under a temporary name and renamed into place, so a crash never leaves a directory
-called ``checkpoint-N`` that is incomplete.
+A checkpoint is written under a temporary name (``.tmp-checkpoint-N``), its files flushed to disk, and renamed
+into place, so a crash or ``kill -9`` at any moment never leaves a directory called ``checkpoint-N`` that is
+incomplete. Old checkpoints are renamed away (``.trash-...``) before they are deleted, for the same reason.
+Leftover temporary directories are removed by the next save and never count as checkpoints.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
@@ -15,6 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from .faults import NonFiniteError, nonfinite_parameters
 from .gate import HybridGate
 from .models import GATE_FILE, load_gate, save_gate
 
@@ -43,25 +47,78 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_finite(step: int, model, gate: HybridGate | None, run_dir: Path | None = None) -> None:
+    """Raise NonFiniteError when a trainable parameter (LoRA, gate) holds NaN or inf: never save such a state."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if gate is not None:
+        named += [(f"gate.{n}", p) for n, p in gate.named_parameters()]
+    bad = nonfinite_parameters(named)
+    if bad:
+        last = list_checkpoints(run_dir) if run_dir is not None else []
+        raise NonFiniteError(f"refusing to write checkpoint-{step}: {len(bad)} parameter tensors hold NaN or inf "
+                             f"(first: {bad[0]}). The last good checkpoint is "
+                             f"{last[-1] if last else 'none'}; resume from it with a lower learning rate.")
+
+
+def _fsync_tree(directory: Path) -> None:
+    """Flush every file of ``directory`` (and the directory entry) to disk before the rename publishes it."""
+    for p in directory.iterdir():
+        if p.is_file():
+            with p.open("rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. platforms that cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    """Delete a directory so that a crash midway leaves no half-deleted ``checkpoint-N``: rename, then delete."""
+    trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+    path.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _clean_leftovers(run_dir: Path) -> None:
+    """Remove temporary and half-deleted directories left by an earlier save that was killed."""
+    for p in run_dir.iterdir():
+        if p.is_dir() and (p.name.startswith(".tmp-checkpoint-") or p.name.startswith(".trash-checkpoint-")):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def save_checkpoint(run_dir: Path, step: int, model, gate: HybridGate | None, optimizer, scheduler,
                     keep: int = 0) -> Path:
-    """Write ``run_dir/checkpoint-{step}`` atomically; keep the newest ``keep`` checkpoints (0 = all)."""
+    """Write ``run_dir/checkpoint-{step}`` atomically; keep the newest ``keep`` checkpoints (0 = all).
+    Raises NonFiniteError (and writes nothing) when a trainable parameter is not finite."""
+    run_dir = Path(run_dir)
+    check_finite(step, model, gate, run_dir)
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".tmp-checkpoint-{step}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    _clean_leftovers(run_dir)
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp)
     if gate is not None:
         save_gate(gate, tmp)
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": rng_state()}, tmp / STATE_FILE)
+    _fsync_tree(tmp)
     if final.exists():
-        shutil.rmtree(final)
+        _remove(final)
     tmp.rename(final)
+    _fsync_dir(run_dir)
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     return final
 
 
@@ -75,11 +132,22 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def newest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint in ``run_dir``, or None."""
+    found = list_checkpoints(Path(run_dir))
+    return found[-1] if found else None
+
+
 def find_checkpoint(path: str | Path) -> Path:
     """``path`` itself if it is a checkpoint, else the newest checkpoint inside the run directory ``path``."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist")
+    if path.name.startswith((".tmp-checkpoint-", ".trash-checkpoint-")):
+        raise CheckpointError(f"{path} is an incomplete checkpoint left by an interrupted save; pass the run "
+                              f"directory {path.parent} to use its newest complete checkpoint")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is a file; expected an hrpo run directory or a checkpoint-N directory")
     if (path / ADAPTER_FILE).is_file():
         return path
     ckpts = list_checkpoints(path)
@@ -89,28 +157,53 @@ def find_checkpoint(path: str | Path) -> Path:
     return ckpts[-1]
 
 
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    """A CheckpointError for a damaged file, naming older checkpoints to fall back to."""
+    older = [p.name for p in list_checkpoints(path.parent.parent) if p != path.parent][-2:]
+    hint = (f"; older checkpoints in {path.parent.parent}: {', '.join(older)} (delete {path.parent.name} to "
+            f"resume from the newest of them)" if older else "")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return CheckpointError(f"{path} could not be read (truncated, or not written by hrpo): {first}{hint}")
+
+
 def load_adapter_weights(model, checkpoint: Path) -> None:
     """Copy the LoRA weights of ``checkpoint`` into the PeftModel ``model`` (same LoRA config)."""
     from peft import set_peft_model_state_dict
 
-    result = set_peft_model_state_dict(model, load_file(str(checkpoint / ADAPTER_FILE)))
+    path = checkpoint / ADAPTER_FILE
+    try:
+        weights = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
+        raise _unreadable(path, exc) from None
+    try:
+        result = set_peft_model_state_dict(model, weights)
+    except RuntimeError as exc:  # shape mismatch: another model or LoRA rank
+        raise CheckpointError(f"{path} does not fit this model (another base model or LoRA rank?): "
+                              f"{str(exc).strip().splitlines()[0]}") from None
     unexpected = list(getattr(result, "unexpected_keys", []))
     if unexpected:
         raise CheckpointError(f"{checkpoint}: adapter has weights this model does not: {unexpected[:3]}")
 
 
 def load_checkpoint(checkpoint: Path, model, gate: HybridGate | None, optimizer, scheduler) -> int:
-    """Restore everything :func:`save_checkpoint` wrote; returns the step."""
+    """Restore everything :func:`save_checkpoint` wrote; returns the step. Only safetensors and
+    ``torch.load(weights_only=True)`` are used, so a checkpoint file cannot run code."""
+    from .models import ModelLoadError
+
     load_adapter_weights(model, checkpoint)
     if gate is not None:
         if not (checkpoint / GATE_FILE).is_file():
             raise CheckpointError(f"{checkpoint} has no {GATE_FILE} (was it trained with --mode discrete?)")
-        load_gate(gate, checkpoint)
+        try:
+            load_gate(gate, checkpoint)
+        except ModelLoadError as exc:
+            raise CheckpointError(str(exc)) from None
+    path = checkpoint / STATE_FILE
     try:
-        state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise CheckpointError(f"{checkpoint / STATE_FILE} could not be read: {exc}") from None
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    return int(state["step"])
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        return int(state["step"])
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file, or a state of another run
+        raise _unreadable(path, exc) from None

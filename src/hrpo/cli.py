@@ -43,6 +43,8 @@ def _generate_parser(sub) -> None:
                         "embeddings are closest (cosine) to the latent.")
     p.add_argument("--latents-json", metavar="FILE", default=None,
                    help="With --show-latents: also save that table as JSON to FILE.")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="Let the model repository run its own Python code (only for models you trust).")
 
 
 def _eval_parser(sub) -> None:
@@ -79,6 +81,8 @@ def _eval_parser(sub) -> None:
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="No progress bar.")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="Let the model repository run its own Python code (only for models you trust).")
 
 
 def _plot_parser(sub) -> None:
@@ -102,6 +106,29 @@ def _compare_parser(sub) -> None:
     p.add_argument("--out", default=None, metavar="FILE", help="Also write the table (or JSON) to FILE.")
 
 
+def _bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="Benchmark rollout throughput or training-step memory (random-init weights).",
+                       description="rollout: hybrid and discrete rollouts on each engine (eager, static, graph on "
+                                   "CUDA) and HF generate baselines (dynamic cache; static cache on CUDA), same "
+                                   "process, same prompts, exactly --new-tokens tokens each. train: one HRPO "
+                                   "micro-batch (reference pass + LoRA forward/backward) and its peak memory.")
+    p.add_argument("what", choices=("rollout", "train"))
+    p.add_argument("--shape", default="qwen2.5-1.5b",
+                   help="qwen2.5-1.5b, qwen2.5-3b, embedded, or a directory with a config.json (default: %(default)s).")
+    p.add_argument("--batch", type=int, default=None,
+                   help="Rows (rollout, default 64) or sequences per micro-batch (train, default 8).")
+    p.add_argument("--prompt-len", type=int, default=None, help="Prompt tokens (default: 256 rollout, 1024 train).")
+    p.add_argument("--new-tokens", type=int, default=None, help="New tokens (default: 256 rollout, 1024 train).")
+    p.add_argument("--engines", default=None, help="Comma list of rollout engines (default: eager,static[,graph]).")
+    p.add_argument("--baselines", default=None,
+                   help="Comma list: hf_dynamic, hf_static (default: both on CUDA, hf_dynamic on CPU).")
+    p.add_argument("--no-gradient-checkpointing", action="store_true", help="train: keep all activations.")
+    p.add_argument("--repeats", type=int, default=2, help="Timed calls after the first (best is reported).")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    p.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
+    p.add_argument("--json", action="store_true", help="Print one JSON object instead of a table.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hrpo", description="Hybrid latent reasoning via reinforcement "
                                                                "learning (HRPO, arXiv 2505.18454).")
@@ -111,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_parser(sub)
     _plot_parser(sub)
     _compare_parser(sub)
+    _bench_parser(sub)
     return parser
 
 
@@ -134,7 +162,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .policy import generate_text, load_policy
 
-    policy = load_policy(args.model, args.adapter, args.mode, dtype=args.dtype, device=args.device)
+    policy = load_policy(args.model, args.adapter, args.mode, dtype=args.dtype, device=args.device,
+                         trust_remote_code=args.trust_remote_code)
     result = generate_text(policy, args.prompt, args.max_new_tokens, greedy=args.greedy,
                            temperature=args.temperature, seed=args.seed, show_latents=args.show_latents)
     if isinstance(result["hidden_ratio"], float) and math.isnan(result["hidden_ratio"]):
@@ -182,7 +211,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         jobs.append((name, path, tasks.get(name).load(args.split, data_path=path, limit=args.limit)))
     from .policy import load_policy
 
-    policy = load_policy(args.model, args.adapter, args.mode, dtype=args.dtype, device=args.device)
+    policy = load_policy(args.model, args.adapter, args.mode, dtype=args.dtype, device=args.device,
+                         trust_remote_code=args.trust_remote_code)
     prompt_format = args.prompt_format or ("think" if policy.marker == "</think>" else "hash")
     out_dir = Path(args.output_dir or args.adapter or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
     rows = []
@@ -234,6 +264,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_rollout, bench_train, rollout_table
+
+    split = lambda v: tuple(x.strip() for x in v.split(",") if x.strip()) if v else None  # noqa: E731
+    log = None if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
+    if args.what == "rollout":
+        report = bench_rollout(args.shape, args.batch or 64, args.prompt_len or 256, args.new_tokens or 256,
+                               engines=split(args.engines), baselines=split(args.baselines), dtype=args.dtype,
+                               device=args.device, repeats=args.repeats, log=log)
+        print(json.dumps(report, indent=2) if args.json else rollout_table(report))
+    else:
+        report = bench_train(args.shape, args.batch or 8, args.prompt_len or 1024, args.new_tokens or 1024,
+                             dtype=args.dtype, device=args.device,
+                             gradient_checkpointing=not args.no_gradient_checkpointing)
+        print(json.dumps(report, indent=2) if args.json else
+              f"{report['device']} | {report['shape']} {report['dtype']} | {report['sequences']} x "
+              f"({report['prompt_len']}+{report['new_tokens']}) tokens, LoRA r{report['lora_r']}, gradient "
+              f"checkpointing {report['gradient_checkpointing']}: {report['seconds']:.2f} s, peak memory "
+              f"{report['peak_memory_gb']:.2f} GB")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("train", "generate", "eval"):
@@ -241,14 +293,18 @@ def main(argv: list[str] | None = None) -> int:
 
         quiet_libraries()
     from .checkpoint import CheckpointError
+    from .faults import TrainingError
     from .models import ModelLoadError
 
     try:
         return {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "plot": cmd_plot,
-                "compare": cmd_compare}[args.command](args)
+                "compare": cmd_compare, "bench": cmd_bench}[args.command](args)
     except (ConfigError, ModelLoadError, CheckpointError) as exc:
         print(f"hrpo {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingError as exc:  # interrupted (130/143), non-finite (1), out of memory (2): no traceback
+        print(f"hrpo {args.command}: {exc.label}{exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

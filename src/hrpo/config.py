@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,9 +50,11 @@ class TrainConfig:
     seed: int = _f(42, "Seed for data order, sampling and initialisation.")
     # batch geometry
     max_steps: int = _f(934, "Optimizer steps (the paper's GSM8K run had 934).")
-    prompts_per_step: int = _f(8, "Distinct prompts per optimizer step.")
+    prompts_per_step: int = _f(8, "Distinct prompts per optimizer step, over all processes (divisible by their "
+                                  "number under accelerate launch).")
     group_size: int = _f(4, "Completions per prompt (G); advantages are normalised within each group.")
-    micro_batch_size: int = _f(8, "Completions per forward/backward pass (gradient accumulation above it).")
+    micro_batch_size: int = _f(8, "Completions per forward/backward pass in each process (gradient accumulation "
+                                  "above it).")
     max_prompt_length: int = _f(1024, "Prompts longer than this (in tokens) are left-truncated.")
     max_new_tokens: int = _f(1024, "Maximum completion length in tokens.")
     # sampling
@@ -89,10 +93,21 @@ class TrainConfig:
     dtype: str = _f("auto", "Model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.",
                     choices=DTYPES)
     device: str = _f("auto", "Device: auto, cpu, cuda, cuda:N.")
+    rollout_engine: str = _f("auto", "Decode loop for rollouts: auto (graph on CUDA for Llama-family models, "
+                                     "else eager), eager (HF forward, dynamic cache), "
+                                     "static (own static KV cache), graph (static + torch.compile + CUDA graph).",
+                             choices=("auto", "eager", "static", "graph"))
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.")
     save_every: int = _f(50, "Write a checkpoint every N steps (and at the end).")
     keep_checkpoints: int = _f(2, "Checkpoints kept on disk (oldest deleted first; 0 = keep all).")
     num_train_examples: int = _f(2000, "Size of the procedural task's training set.")
+    # fault tolerance and safety
+    max_nonfinite_steps: int = _f(5, "Stop with an error after this many consecutive steps with a non-finite "
+                                     "loss or gradient (their updates are skipped; 0 = never stop).")
+    reward_timeout: float = _f(5.0, "Seconds allowed per reward call; a call that raises or runs longer scores 0 "
+                                    "(runs in a killable child process; 0 = no limit, in-process).")
+    trust_remote_code: bool = _f(False, "Let the model repository run its own Python code when loading (only for "
+                                        "models you trust).")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -235,6 +250,30 @@ def validate(cfg: TrainConfig) -> None:
         bad("eval_every", "needs eval_task")
     if cfg.gate_c <= 0:
         bad("gate_c", "must be > 0")
+    if cfg.max_nonfinite_steps < 0:
+        bad("max_nonfinite_steps", "must be >= 0 (0 = never stop)")
+    if cfg.reward_timeout < 0:
+        bad("reward_timeout", "must be >= 0 seconds (0 = no limit)")
+    _validate_generic(cfg, bad)
+
+
+def _validate_generic(cfg: TrainConfig, bad) -> None:
+    """Checks every field shares: floats are finite, values with choices are one of them, the device exists."""
+    for f in config_fields():
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            bad(f.name, "must be a finite number")
+        if "choices" in f.metadata and value not in f.metadata["choices"]:
+            bad(f.name, f"must be one of {', '.join(f.metadata['choices'])}")
+    if cfg.device != "auto":
+        import torch
+
+        try:
+            device = torch.device(cfg.device)
+        except (RuntimeError, ValueError):
+            bad("device", "is not a device name (use auto, cpu, cuda or cuda:N)")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            bad("device", "CUDA is not available on this machine (torch.cuda.is_available() is False)")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -256,4 +295,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def save_yaml(cfg: TrainConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write the config as YAML atomically (a temporary file renamed into place: never half-written)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(tmp, path)

@@ -112,6 +112,7 @@ def resolve_model_path(name: str) -> tuple[str, bool]:
     if Path(name).exists():
         if not (Path(name) / "config.json").is_file():
             raise ModelLoadError(f"{name} is a path but has no config.json: not a Hugging Face model directory.")
+        check_safetensors_weights(Path(name))
         return name, True
     if _cached_on_disk(name):
         return name, True
@@ -124,17 +125,45 @@ def resolve_model_path(name: str) -> tuple[str, bool]:
     return name, False
 
 
+PICKLE_WEIGHTS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def check_safetensors_weights(directory: Path) -> None:
+    """Refuse a local model directory whose weights exist only as pickle files (they can run code on load)."""
+    if any(directory.glob("*.safetensors")) or any(directory.glob("*.safetensors.index.json")):
+        return
+    pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in directory.glob(pattern))
+    if pickles:
+        raise ModelLoadError(
+            f"{directory} holds its weights only as PyTorch pickle files ({', '.join(pickles[:3])}); hrpo loads "
+            f"safetensors only, because a pickle file can run arbitrary code when loaded. If you trust the file, "
+            f"convert it once: AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR) writes "
+            f"model.safetensors.")
+    if not any(directory.glob("*.gguf")):
+        raise ModelLoadError(f"{directory} has a config.json but no model.safetensors weights")
+
+
 def load_model(name: str = "embedded", dtype: torch.dtype = torch.float32,
-               device: torch.device | str = "cpu") -> LoadedModel:
-    """Load a decoder-only causal LM and its tokenizer; sets a pad token and left padding."""
+               device: torch.device | str = "cpu", trust_remote_code: bool = False) -> LoadedModel:
+    """Load a decoder-only causal LM and its tokenizer; sets a pad token and left padding.
+
+    Weights are loaded from safetensors only; ``trust_remote_code`` (off by default) lets a model repository run
+    its own Python code and must be asked for explicitly."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path, local_only = resolve_model_path(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only,
+                                                  trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local_only,
+                                                     use_safetensors=True, trust_remote_code=trust_remote_code)
     except OSError as exc:
-        raise ModelLoadError(f"Could not load model '{name}': {exc}") from None
+        raise ModelLoadError(f"Could not load model '{name}' (safetensors weights only): {exc}") from None
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise ModelLoadError(f"Could not load model '{name}': it needs its own code from the repository. If you "
+                             f"trust it, pass --trust-remote-code. ({str(exc).splitlines()[0]})") from None
     prepare_tokenizer(tokenizer)
     model.to(device)
     model.eval()
@@ -190,5 +219,9 @@ def load_gate(gate: HybridGate, directory: Path) -> None:
     path = Path(directory) / GATE_FILE
     if not path.is_file():
         raise ModelLoadError(f"{directory} has no {GATE_FILE}: not an hrpo checkpoint or run directory")
-    state = load_file(str(path))
-    gate.load_state_dict({k: v.to(gate.Lambda.device) for k, v in state.items()})
+    try:
+        state = load_file(str(path))
+        gate.load_state_dict({k: v.to(gate.Lambda.device) for k, v in state.items()})
+    except Exception as exc:  # noqa: BLE001 - a damaged file (SafetensorError) or another model's gate
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{path} could not be read (truncated, or not this model's gate): {first}") from None

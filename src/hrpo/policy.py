@@ -10,7 +10,7 @@ import torch
 from .checkpoint import CheckpointError, find_checkpoint
 from .config import TrainConfig, load_yaml
 from .gate import HybridGate, hidden_ratio
-from .models import GATE_FILE, eos_token_ids, load_gate, load_model, resolve_device, resolve_dtype
+from .models import GATE_FILE, ModelLoadError, eos_token_ids, load_gate, load_model, resolve_device, resolve_dtype
 from .rollout import Rollout, SamplingConfig, generate, marker_matcher
 from .text import encode_text_prompt, left_pad
 
@@ -30,11 +30,13 @@ class Policy:
 
 
 def load_policy(model: str | None = None, adapter: str | Path | None = None, mode: str | None = None,
-                dtype: str = "auto", device: str = "auto", marker: str | None = None) -> Policy:
+                dtype: str = "auto", device: str = "auto", marker: str | None = None,
+                trust_remote_code: bool = False) -> Policy:
     """Load ``model`` (default: the adapter run's base model, else the embedded one) with an optional adapter.
 
     ``adapter`` is a run directory (newest checkpoint used) or a checkpoint directory. Mode, marker and
     sampling temperature default to the run's saved config (never parsed from directory names).
+    ``trust_remote_code`` is never taken from a saved config: the caller must ask for it.
     """
     saved: dict = {}  # the run's config.yaml values; TrainConfig supplies the defaults for the rest
     ckpt = None
@@ -47,12 +49,18 @@ def load_policy(model: str | None = None, adapter: str | Path | None = None, mod
     run = TrainConfig(**saved)
     mode = mode or run.mode
     dev = resolve_device(device)
-    loaded = load_model(model or run.model, dtype=resolve_dtype(dtype, dev), device=dev)
+    loaded = load_model(model or run.model, dtype=resolve_dtype(dtype, dev), device=dev,
+                        trust_remote_code=trust_remote_code)
     net = loaded.model
     if ckpt is not None:
         from peft import PeftModel
 
-        net = PeftModel.from_pretrained(net, str(ckpt)).to(dev)
+        try:  # find_checkpoint guarantees adapter_model.safetensors, which peft prefers over any pickle file
+            net = PeftModel.from_pretrained(net, str(ckpt)).to(dev)
+        except Exception as exc:  # noqa: BLE001 - a damaged file or a config of another model
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{ckpt}: could not load the LoRA adapter (truncated, or not for this base "
+                                  f"model): {first}") from None
         net.eval()
     gate = None
     if mode == "hybrid":
@@ -63,7 +71,10 @@ def load_policy(model: str | None = None, adapter: str | Path | None = None, mod
             if not (ckpt / GATE_FILE).is_file():
                 raise CheckpointError(f"{ckpt} has no {GATE_FILE}: it was trained in discrete mode; "
                                       f"pass --mode discrete")
-            load_gate(gate, ckpt)
+            try:
+                load_gate(gate, ckpt)
+            except ModelLoadError as exc:
+                raise CheckpointError(str(exc)) from None
         gate.to(dev)
     return Policy(model=net, tokenizer=loaded.tokenizer, gate=gate, marker=marker or run.marker or "####",
                   temperature=run.temperature, top_k=run.top_k, top_p=run.top_p,

@@ -231,15 +231,18 @@ _VERIFY_LOCK = threading.Lock()
 
 def _math_verify(pred: str, gold: str, timeout: float) -> bool:
     try:
-        from math_verify import parse, verify
+        from math_verify import LatexExtractionConfig, parse, verify
     except ImportError:  # optional dependency: without it only string / number equality is used
         return False
+    # LaTeX extraction only: math-verify's plain-expression extraction calls sympy's parse_expr, which uses
+    # eval(); model output must be parsed, never evaluated as Python.
+    latex_only = [LatexExtractionConfig()]
     in_main = threading.current_thread() is threading.main_thread()
     limit = max(1, int(round(timeout))) if in_main else None  # math-verify's limit uses SIGALRM (main only)
     try:
         with _VERIFY_LOCK:
-            gold_parsed = parse(f"${gold}$", parsing_timeout=limit)
-            pred_parsed = parse(f"${pred}$", parsing_timeout=limit)
+            gold_parsed = parse(f"${gold}$", extraction_config=latex_only, parsing_timeout=limit)
+            pred_parsed = parse(f"${pred}$", extraction_config=latex_only, parsing_timeout=limit)
             if not gold_parsed or not pred_parsed:
                 return False
             return bool(verify(gold_parsed, pred_parsed, timeout_seconds=limit))

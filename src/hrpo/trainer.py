@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -18,14 +19,18 @@ import numpy as np
 import torch
 
 from . import tasks
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint, newest_checkpoint, save_checkpoint
 from .config import TrainConfig, build_config, load_yaml, save_yaml
+from .faults import GracefulStop, NonFiniteGuard, TrainingInterrupted, contained_rewards, oom_guard
+from .distributed import (Prepared, ProcessInfo, any_process, backward, broadcast, check_divisible, gradient_sync,
+                          launched_rank, local_prompts, local_rows, prepare, process_info, reduce_metrics,
+                          wait_for_everyone)
 from .gate import HybridGate, hidden_ratio
 from .models import add_lora, eos_token_ids, load_model, lora_parameters, resolve_device, resolve_dtype
 from .plots import write_run_plots
 from .progress import progress_bar, quiet_libraries
 from .objective import completion_logprobs, group_advantages, hrpo_loss, rollout_inputs_embeds
-from .rollout import Rollout, SamplingConfig, generate, marker_matcher
+from .rollout import Rollout, SamplingConfig, generate, marker_matcher, rollout_row_seeds
 from .text import decode_completions, encode_prompts
 from .trackers import open_tracker
 
@@ -52,6 +57,8 @@ class Trainer:
     eval_task: object = None
     eval_examples: list[dict] | None = None
     step: int = 0
+    dist: ProcessInfo = field(default_factory=ProcessInfo)
+    prepared: object = None  # distributed.Prepared: what the policy-gradient pass calls (DDP-wrapped or not)
 
 
 def seed_everything(seed: int) -> None:
@@ -90,17 +97,21 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 
 
 def setup(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Trainer:
-    """Load model, LoRA, gate, task data and optimiser; restore the newest checkpoint when resuming."""
+    """Load model, LoRA, gate, task data and optimiser; restore the newest checkpoint when resuming. Under a
+    multi-process launch, also joins the process group and wraps model, gate and optimizer (DDP)."""
+    dist = process_info(cfg.device)
+    check_divisible(cfg.prompts_per_step, dist.world_size)
     run_dir = Path(resume) if resume else Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cfg)
+    run_dir = broadcast(dist, run_dir)  # a clock-named default must be the same in every process
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.output_dir = str(run_dir)
     seed_everything(cfg.seed)
     quiet_libraries()
-    device = resolve_device(cfg.device)
+    device = dist.device if dist.distributed else resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     task, examples, eval_task, eval_examples = load_task_data(cfg)
     log(f"loading model '{cfg.model}' ({dtype}, {device})")
-    loaded = load_model(cfg.model, dtype=dtype, device=device)
+    loaded = load_model(cfg.model, dtype=dtype, device=device, trust_remote_code=cfg.trust_remote_code)
     model = add_lora(loaded.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, seed=cfg.seed)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -117,12 +128,15 @@ def setup(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Trai
     trainer = Trainer(cfg=cfg, run_dir=run_dir, model=model, tokenizer=loaded.tokenizer, gate=gate, task=task,
                       examples=examples, optimizer=optimizer, scheduler=scheduler, matcher=matcher,
                       eos_ids=eos_token_ids(loaded.model, loaded.tokenizer), device=device, eval_task=eval_task,
-                      eval_examples=eval_examples)
+                      eval_examples=eval_examples, dist=dist)
     if resume:
         ckpt = find_checkpoint(run_dir)
         trainer.step = load_checkpoint(ckpt, model, gate, optimizer, scheduler)
         log(f"resumed from {ckpt} (step {trainer.step})")
-    save_yaml(cfg, run_dir / CONFIG_FILE)
+    trainer.prepared = prepare(dist, model, gate, optimizer)
+    trainer.optimizer = trainer.prepared.optimizer
+    if dist.is_main:
+        save_yaml(cfg, run_dir / CONFIG_FILE)
     return trainer
 
 
@@ -183,19 +197,22 @@ def train_step(trainer: Trainer) -> dict:
     """Run one HRPO step (rollout, rewards, one update) and return its metrics."""
     cfg, model, step = trainer.cfg, trainer.model, trainer.step
     t0 = time.perf_counter()
-    examples = [ex for ex in batch_examples(trainer, step) for _ in range(cfg.group_size)]
+    prompts = local_prompts(batch_examples(trainer, step), trainer.dist)  # whole groups per process
+    examples = [ex for ex in prompts for _ in range(cfg.group_size)]
     prompt_ids, prompt_mask = encode_prompts(trainer.tokenizer, [trainer.task.messages(ex) for ex in examples],
                                              cfg.max_prompt_length, trainer.device)
-    generator = torch.Generator(device=trainer.device).manual_seed(cfg.seed * 7919 + step)
+    rows = local_rows(cfg.prompts_per_step, cfg.group_size, trainer.dist)  # global row indices
+    row_seeds = rollout_row_seeds(cfg.seed, step, rows, device=trainer.device)
     model.eval()
     rollout = generate(model, prompt_ids, prompt_mask, sampling_config(cfg), gate=trainer.gate,
                        matcher=trainer.matcher, eos_token_ids=trainer.eos_ids,
-                       pad_token_id=trainer.tokenizer.pad_token_id, generator=generator,
-                       group_size=cfg.group_size, mode=cfg.mode)
+                       pad_token_id=trainer.tokenizer.pad_token_id, row_seeds=row_seeds,
+                       group_size=cfg.group_size, mode=cfg.mode, engine=cfg.rollout_engine)
     t_rollout = time.perf_counter()
 
     completions = decode_completions(trainer.tokenizer, rollout.completion_ids, rollout.completion_mask)
-    rewards = torch.tensor([trainer.task.reward(c, ex) for c, ex in zip(completions, examples)])
+    scored = contained_rewards(trainer.task.reward, completions, examples, cfg.reward_timeout, step=step + 1)
+    rewards = torch.tensor(scored.rewards)
     advantages = group_advantages(rewards, cfg.group_size).to(trainer.device)
     lp_temperature = cfg.logprob_temperature or cfg.temperature
     ref_logprobs = reference_logprobs(trainer, rollout, lp_temperature) if cfg.beta > 0 else None
@@ -206,13 +223,18 @@ def train_step(trainer: Trainer) -> dict:
     n = rollout.completion_ids.shape[0]
     policy_sum = kl_sum = loss_sum = 0.0
     logp_diffs = []
-    for mb in micro_batches(n, cfg.micro_batch_size):
+    # With several processes the model and gate are DDP-wrapped: the loss is this process's mean over its n
+    # sequences and DDP averages gradients over processes (equal shares), i.e. the global mean's gradient.
+    prepared = trainer.prepared or Prepared(model=model, gate=trainer.gate, optimizer=trainer.optimizer)
+    batches = micro_batches(n, cfg.micro_batch_size)
+    for i, mb in enumerate(batches):
         part = rollout.select(mb)
-        embeds, _ = rollout_inputs_embeds(model, trainer.gate, part, mode=cfg.mode)
-        logprobs = completion_logprobs(model, part, embeds, lp_temperature, cfg.group_size)
-        loss, stats = hrpo_loss(logprobs, None if ref_logprobs is None else ref_logprobs[mb], advantages[mb],
-                                part.completion_mask, cfg.beta, num_sequences=n)
-        loss.backward()
+        with gradient_sync(trainer.dist, prepared, sync=i == len(batches) - 1):
+            embeds, _ = rollout_inputs_embeds(prepared.model, prepared.gate, part, mode=cfg.mode)
+            logprobs = completion_logprobs(prepared.model, part, embeds, lp_temperature, cfg.group_size)
+            loss, stats = hrpo_loss(logprobs, None if ref_logprobs is None else ref_logprobs[mb], advantages[mb],
+                                    part.completion_mask, cfg.beta, num_sequences=n)
+            backward(trainer.dist, loss)
         loss_sum += float(loss.detach())
         policy_sum += stats.policy_loss_sum
         kl_sum += stats.kl_sum
@@ -220,7 +242,7 @@ def train_step(trainer: Trainer) -> dict:
     params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    skipped = not (math.isfinite(grad_norm) and math.isfinite(loss_sum))
+    skipped = any_process(trainer.dist, not (math.isfinite(grad_norm) and math.isfinite(loss_sum)))
     if skipped:
         trainer.optimizer.zero_grad(set_to_none=True)
     else:
@@ -238,7 +260,7 @@ def train_step(trainer: Trainer) -> dict:
     diffs = torch.cat(logp_diffs) if logp_diffs else torch.zeros(1)
     new_tokens = int(rollout.completion_mask.sum())
     mixed = rollout.thinking_mask
-    return {
+    metrics = {
         "step": trainer.step,
         "loss": loss_sum,
         "policy_loss": policy_sum / n,
@@ -256,6 +278,7 @@ def train_step(trainer: Trainer) -> dict:
         "grad_norm": grad_norm,
         "learning_rate": lr,
         "skipped_update": int(skipped),
+        "rewards/failures": len(scored.failures),
         "sampling/logp_difference/mean": float(diffs.mean()) if diffs.numel() else 0.0,
         "sampling/logp_difference/max": float(diffs.max()) if diffs.numel() else 0.0,
         "timing/rollout_s": t_rollout - t0,
@@ -266,6 +289,10 @@ def train_step(trainer: Trainer) -> dict:
         "tokens_per_s": (new_tokens + int(rollout.prompt_mask.sum())) / max(t_end - t0, 1e-9),
         "sample_completion": completions[0][:200],
     }
+    mixed_count = int(mixed.sum())  # weights of the token-level means when reducing over processes
+    token_weights = {"hidden_ratio": mixed_count, "embeds_ratio": mixed_count,
+                     "sampling/logp_difference/mean": diffs.numel()}
+    return reduce_metrics(trainer.dist, metrics, token_weights)
 
 
 def periodic_eval(trainer: Trainer) -> dict:
@@ -291,37 +318,49 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, quiet: bool = Fals
     run directory (config.yaml, metrics.jsonl, checkpoint-N/)."""
     from rich.console import Console
 
-    console = Console(stderr=True, quiet=quiet)
+    console = Console(stderr=True, quiet=quiet or launched_rank() != 0)  # only the main process talks and writes
     trainer = setup(cfg, resume=resume, log=console.print)
+    main = trainer.dist.is_main
     metrics_path = trainer.run_dir / METRICS_FILE
-    if not resume and metrics_path.exists():
+    if main and not resume and metrics_path.exists():
         metrics_path.unlink()
-    if resume:
+    if main and resume:
         _truncate_metrics(metrics_path, trainer.step)
     console.print(f"run directory: [bold]{trainer.run_dir}[/bold]  (mode {cfg.mode}, {cfg.max_steps} steps, "
                   f"{cfg.prompts_per_step}x{cfg.group_size} completions per step)")
     last_saved = trainer.step
-    tracker = open_tracker(cfg.report_to, trainer.run_dir, cfg.to_dict())
-    with progress_bar("train", enabled=not quiet) as progress, metrics_path.open("a") as sink, tracker:
+    tracker = open_tracker(cfg.report_to if main else "none", trainer.run_dir, cfg.to_dict())
+    sink_path = metrics_path if main else Path(os.devnull)
+    nonfinite = NonFiniteGuard(cfg.max_nonfinite_steps)
+    # SIGINT/SIGTERM: finish the step, checkpoint, raise TrainingInterrupted (a second signal aborts at once)
+    with GracefulStop(trainer.run_dir) as stop, progress_bar("train", enabled=not quiet and main) as progress, \
+            sink_path.open("a") as sink, tracker:
         bar = progress.add_task("train", total=cfg.max_steps, completed=trainer.step, stats="")
-        while trainer.step < min(cfg.max_steps, stop_at or cfg.max_steps):
-            metrics = train_step(trainer)
-            if cfg.eval_every and (trainer.step % cfg.eval_every == 0 or trainer.step == cfg.max_steps):
-                metrics.update(periodic_eval(trainer))
+        while (trainer.step < min(cfg.max_steps, stop_at or cfg.max_steps)
+               and not stop.should_stop(lambda flag: any_process(trainer.dist, flag))):
+            with oom_guard(cfg, trainer.step):
+                metrics = train_step(trainer)
+                if cfg.eval_every and (trainer.step % cfg.eval_every == 0 or trainer.step == cfg.max_steps):
+                    metrics.update(periodic_eval(trainer))
             sink.write(json.dumps(metrics) + "\n")
             sink.flush()
             tracker.log(metrics, trainer.step)
+            nonfinite.update(metrics)
             stats = (f"reward {metrics['reward']:.2f}  hidden {metrics['hidden_ratio']:.3f}  "
                      f"kl {metrics['kl']:.4f}  len {metrics['completions/mean_length']:.0f}")
             progress.update(bar, advance=1, stats=stats)
             if trainer.step % cfg.save_every == 0 or trainer.step == cfg.max_steps:
-                save_checkpoint(trainer.run_dir, trainer.step, trainer.model, trainer.gate, trainer.optimizer,
-                                trainer.scheduler, keep=cfg.keep_checkpoints)
+                if main:
+                    save_checkpoint(trainer.run_dir, trainer.step, trainer.model, trainer.gate, trainer.optimizer,
+                                    trainer.scheduler, keep=cfg.keep_checkpoints)
                 last_saved = trainer.step
-    if last_saved != trainer.step:
-        save_checkpoint(trainer.run_dir, trainer.step, trainer.model, trainer.gate, trainer.optimizer,
-                        trainer.scheduler, keep=cfg.keep_checkpoints)
-    plots = write_run_plots(trainer.run_dir)
+        if last_saved != trainer.step and main:
+            save_checkpoint(trainer.run_dir, trainer.step, trainer.model, trainer.gate, trainer.optimizer,
+                            trainer.scheduler, keep=cfg.keep_checkpoints)
+        wait_for_everyone(trainer.dist)  # the checkpoint exists before any process returns (or resumes)
+    if stop.requested:
+        raise TrainingInterrupted(stop.signum, trainer.run_dir, newest_checkpoint(trainer.run_dir))
+    plots = write_run_plots(trainer.run_dir) if main else []
     console.print(f"done: {trainer.step} steps. Run directory: [bold]{trainer.run_dir}[/bold]"
                   + (f" (plots in {trainer.run_dir / 'plots'})" if plots else ""))
     return trainer.run_dir
@@ -331,12 +370,26 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines past ``step`` (written after the checkpoint we resume from)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    keep = [line for line in path.read_text().splitlines() if _metric_step(line) <= step]
     path.write_text("".join(line + "\n" for line in keep))
+
+
+def _metric_step(line: str) -> float:
+    """The step of one metrics.jsonl line; inf (dropped) for a blank or half-written line from a killed run."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def resume_config(run_dir: str | Path, overrides: dict) -> TrainConfig:
     """The saved config of ``run_dir`` with CLI ``overrides`` (e.g. a larger max_steps) applied."""
     path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not an hrpo run directory (it has no {CONFIG_FILE}); --resume takes "
+                              f"the output directory of an earlier `hrpo train`")
+    if newest_checkpoint(run_dir) is None:
+        raise CheckpointError(f"{run_dir} has no checkpoint-N directory yet (the run stopped before its first "
+                              f"save): nothing to resume; start it again without --resume")
     saved = load_yaml(path)
     return build_config(saved, overrides, use_preset=False)

@@ -1,0 +1,299 @@
+"""Fault tolerance for training runs: errors the CLI prints without a traceback, a graceful stop on
+SIGINT/SIGTERM, a stop after repeated non-finite updates, a clear message on device out-of-memory, and reward
+calls contained in a killable child process (errors and hangs give reward 0).
+
+Reward time limits use a forked worker process (POSIX ``fork``), not ``signal.alarm``: an alarm only works on
+the main thread and cannot interrupt C code (a huge sympy power, a catastrophic regex), while a child process
+can always be killed. The worker inherits the task and the completions, so nothing is pickled but the results.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import traceback
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+logger = logging.getLogger("hrpo")
+
+RESUME_HINT = "hrpo train --resume {run_dir}"
+
+
+class TrainingError(RuntimeError):
+    """A run stopped for a reason the user can act on; the CLI prints the message (no traceback) and exits
+    with ``exit_code``."""
+
+    exit_code = 1
+    label = "error: "
+
+
+class NonFiniteError(TrainingError):
+    """Too many consecutive non-finite updates, or non-finite parameters about to be saved."""
+
+
+class DeviceOutOfMemoryError(TrainingError):
+    """The accelerator ran out of memory; the message names the settings to lower."""
+
+    exit_code = 2
+
+
+class TrainingInterrupted(TrainingError):
+    """SIGINT/SIGTERM stopped the run; ``checkpoint`` is what it wrote (None when it aborted without one)."""
+
+    label = ""
+
+    def __init__(self, signum: int, run_dir: Path | None = None, checkpoint: Path | None = None,
+                 aborted: bool = False):
+        self.signum, self.run_dir, self.checkpoint, self.aborted = signum, run_dir, checkpoint, aborted
+        super().__init__(signum)
+
+    @property
+    def exit_code(self) -> int:  # the shell convention: 128 + signal number (130 SIGINT, 143 SIGTERM)
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        if self.run_dir is None:
+            return f"interrupted by {name}"
+        if self.checkpoint is not None and not self.aborted:
+            what = f"stopped by {name}; checkpoint written: {self.checkpoint}"
+        elif self.checkpoint is not None:
+            what = f"stopped at once by a second {name}, without a new checkpoint; the last one is {self.checkpoint}"
+        else:
+            return f"stopped by {name} before the first checkpoint; nothing to resume (start the run again)"
+        return f"{what}\nResume with: {RESUME_HINT.format(run_dir=self.run_dir)}"
+
+
+# ----------------------------------------------------------------------------------------------- signals
+
+class GracefulStop:
+    """Context manager for the training loop: the first SIGINT/SIGTERM sets ``signum`` (the loop finishes
+    the current step, checkpoints and stops); a second one raises :class:`TrainingInterrupted` at once.
+    Handlers are installed only on the main thread and restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, run_dir: Path | None = None) -> None:
+        self.run_dir = run_dir
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def should_stop(self, combine: Callable[[bool], bool] = bool) -> bool:
+        """Whether to stop before the next step; ``combine`` makes every process agree (any one stops all)."""
+        if combine(self.requested) and self.signum is None:
+            self.signum = signal.SIGTERM  # another process was signalled
+        return self.requested
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            from .checkpoint import newest_checkpoint
+
+            last = newest_checkpoint(self.run_dir) if self.run_dir is not None else None
+            raise TrainingInterrupted(signum, self.run_dir, last, aborted=True)
+        self.signum = signum
+        name = signal.Signals(signum).name
+        # os.write: no locks, safe inside a signal handler even while the progress bar holds its console
+        os.write(2, f"\n{name} received: finishing this step, then writing a checkpoint "
+                    f"(send it again to stop at once without one)\n".encode())
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+# ----------------------------------------------------------------------------------------------- non-finite
+
+@dataclass
+class NonFiniteGuard:
+    """Counts consecutive skipped (non-finite) updates; raises :class:`NonFiniteError` at ``limit``
+    (0 = never)."""
+
+    limit: int
+    consecutive: int = 0
+
+    def update(self, metrics: dict) -> None:
+        if not metrics.get("skipped_update"):
+            self.consecutive = 0
+            return
+        self.consecutive += 1
+        step = metrics.get("step")
+        logger.warning("step %s: non-finite loss or gradient (loss=%s, grad_norm=%s): update skipped (%d in a row)",
+                       step, metrics.get("loss"), metrics.get("grad_norm"), self.consecutive)
+        if self.limit and self.consecutive >= self.limit:
+            raise NonFiniteError(
+                f"{self.consecutive} consecutive steps (up to step {step}) had a non-finite loss or gradient "
+                f"(loss={metrics.get('loss')}, grad_norm={metrics.get('grad_norm')}); their updates were skipped "
+                f"and the run stopped (max_nonfinite_steps={self.limit}). Lower lr / gate_lr / lambda_lr, keep "
+                f"max_grad_norm > 0, or use dtype float32; --max-nonfinite-steps 0 never stops.")
+
+
+def nonfinite_parameters(named: Sequence[tuple[str, "object"]]) -> list[str]:
+    """Names of the tensors in ``named`` ((name, tensor) pairs) holding NaN or inf."""
+    import torch
+
+    return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all())]
+
+
+# ----------------------------------------------------------------------------------------------- OOM
+
+OOM_SETTINGS = ("micro_batch_size", "group_size", "prompts_per_step", "max_new_tokens", "max_prompt_length")
+
+# function (or hrpo module) in the traceback, innermost first -> phase named in the message
+_PHASES = {"generate": "the rollout", "rollout.py": "the rollout", "fast_rollout.py": "the rollout",
+           "reference_logprobs": "the reference forward", "completion_logprobs": "the policy forward",
+           "hrpo_loss": "the loss", "backward": "the backward pass", "periodic_eval": "the periodic evaluation",
+           "evaluate": "the periodic evaluation"}
+
+
+def _oom_phase(exc: BaseException) -> str:
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        for key in (frame.name, Path(frame.filename).name if "hrpo" in frame.filename else None):
+            if key in _PHASES:
+                return _PHASES[key]
+    return "the training step"
+
+
+def oom_message(cfg, exc: BaseException, step: int) -> str:
+    """What ran out of memory and which settings (with their current values) to lower."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    values = ", ".join(f"{key} (now {getattr(cfg, key)})" for key in OOM_SETTINGS)
+    checkpointing = "" if cfg.gradient_checkpointing else " or turn on --gradient-checkpointing"
+    return (f"out of memory during {_oom_phase(exc)} of step {step + 1}: {first}\n"
+            f"Lower one of {values}{checkpointing}; a smaller micro_batch_size keeps the results the same.")
+
+
+@contextmanager
+def oom_guard(cfg, step: int):
+    """Turn ``torch.OutOfMemoryError`` (CUDA's included) raised inside into :class:`DeviceOutOfMemoryError`."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        message = oom_message(cfg, exc, step)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise DeviceOutOfMemoryError(message) from None
+
+
+# ----------------------------------------------------------------------------------------------- rewards
+
+@dataclass
+class RewardBatch:
+    """Rewards of one step, and ``failures``: (index, reason) of each call that raised, hung or returned
+    something that is not a finite number (those got reward 0)."""
+
+    rewards: list[float]
+    failures: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _one_reward(fn: Callable, completion: str, example: dict) -> tuple[float | None, str | None]:
+    try:
+        value = float(fn(completion, example))
+    except Exception as exc:  # noqa: BLE001 - any failure of a reward function means reward 0
+        return None, f"{type(exc).__name__}: {exc}"[:300]
+    if not math.isfinite(value):
+        return None, f"returned {value}"
+    return value, None
+
+
+def _reward_worker(fn, completions, examples, start, conn) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for i in range(start, len(completions)):
+        conn.send((i, *_one_reward(fn, completions[i], examples[i])))
+    conn.close()
+
+
+def _start_worker(ctx, fn, completions, examples, start):
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_reward_worker, args=(fn, completions, examples, start, send), daemon=True)
+    for stream in (sys.stdout, sys.stderr):  # or the child would print the parent's buffered text again
+        stream.flush()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Python >= 3.12 warns on fork with threads
+        proc.start()
+    send.close()
+    return proc, recv
+
+
+def _rewards_in_child(fn, completions, examples, timeout: float) -> RewardBatch:
+    """Score in a forked worker; a call that takes longer than ``timeout`` kills the worker, scores 0, and a
+    fresh worker carries on with the next completion."""
+    ctx = multiprocessing.get_context("fork")
+    n = len(completions)
+    batch = RewardBatch(rewards=[0.0] * n)
+    i = 0
+    while i < n:
+        proc, recv = _start_worker(ctx, fn, completions, examples, i)
+        try:
+            while i < n:
+                if not recv.poll(timeout):
+                    batch.failures.append((i, f"timed out after {timeout:g} s"))
+                    i += 1
+                    break
+                try:
+                    j, value, error = recv.recv()
+                except EOFError:
+                    proc.join(1.0)
+                    batch.failures.append((i, f"the reward process died (exit code {proc.exitcode})"))
+                    i += 1
+                    break
+                if error is None:
+                    batch.rewards[j] = value
+                else:
+                    batch.failures.append((j, error))
+                i = j + 1
+        finally:
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
+            recv.close()
+    return batch
+
+
+def contained_rewards(fn: Callable[[str, dict], float], completions: Sequence[str], examples: Sequence[dict],
+                      timeout: float = 5.0, step: int | None = None) -> RewardBatch:
+    """``fn(completion, example)`` for every pair, contained: an exception, a non-finite value or a call longer
+    than ``timeout`` seconds gives reward 0 and is listed in ``failures`` (one warning line per batch).
+
+    ``timeout > 0`` runs the calls in a forked worker process that is killed on a hang (works from any
+    thread); ``timeout == 0`` (or no ``fork`` on this platform) calls ``fn`` in-process, errors still contained.
+    """
+    completions, examples = list(completions), list(examples)
+    if timeout > 0 and "fork" in multiprocessing.get_all_start_methods():
+        batch = _rewards_in_child(fn, completions, examples, timeout)
+    else:
+        batch = RewardBatch(rewards=[0.0] * len(completions))
+        for i, (c, ex) in enumerate(zip(completions, examples)):
+            value, error = _one_reward(fn, c, ex)
+            if error is None:
+                batch.rewards[i] = value
+            else:
+                batch.failures.append((i, error))
+    if batch.failures:
+        i, why = batch.failures[0]
+        where = f"step {step}: " if step is not None else ""
+        logger.warning("%s%d of %d reward calls failed and scored 0 (first: completion %d: %s; text %r)", where,
+                       len(batch.failures), len(completions), i, why, completions[i][:80])
+    return batch
