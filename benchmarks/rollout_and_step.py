@@ -53,9 +53,9 @@ def rollout_benchmark(args) -> dict:
     matcher = marker_matcher(lm.tokenizer, "####", lm.model.get_input_embeddings().weight.shape[0])
     no_eos = [-1]  # never stop early: every decoder produces exactly new_tokens tokens
 
-    def ours(g):
+    def ours(g, engine="auto"):
         return lambda: generate(lm.model, ids, mask, sampling, gate=g, matcher=matcher, eos_token_ids=no_eos,
-                                pad_token_id=lm.tokenizer.pad_token_id,
+                                pad_token_id=lm.tokenizer.pad_token_id, engine=engine,
                                 generator=torch.Generator(device=device).manual_seed(0))
 
     def hf_generate():
@@ -65,8 +65,10 @@ def rollout_benchmark(args) -> dict:
                                     pad_token_id=lm.tokenizer.pad_token_id)
         assert out.shape[1] - ids.shape[1] == args.new_tokens
 
-    seconds = timed_interleaved({"hybrid": ours(gate), "discrete": ours(None), "hf_generate": hf_generate},
-                                args.repeats)
+    runs = {"hybrid": ours(gate), "discrete": ours(None), "hf_generate": hf_generate}
+    if args.static:
+        runs["hybrid_static"] = ours(gate, "static")
+    seconds = timed_interleaved(runs, args.repeats)
     new_tokens = args.batch * args.new_tokens
     result = {name: {"seconds": s, "new_tokens_per_s": new_tokens / s, "steps_per_s": args.new_tokens / s}
               for name, s in seconds.items()}
@@ -103,6 +105,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-step", action="store_true", help="Only the rollout benchmark.")
+    parser.add_argument("--static", action="store_true", help="Also time the static-cache engine.")
     args = parser.parse_args()
     quiet_libraries()
     report = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",

@@ -116,15 +116,17 @@ def _prompts(tokenizer, texts):
 
 
 PROMPTS = ["What is 2 + 3?", "Tell me a long story about a cat who lived", "Hi"]
+# every architecture on the eager loop, the supported ones also on the static-cache engine
+ENGINES = [(arch, "eager") for arch in ARCHS] + [("llama", "static"), ("qwen2", "static")]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_discrete_greedy_equals_model_generate(arch, tiny_model_dirs, tokenizer):
+@pytest.mark.parametrize("arch,engine", ENGINES)
+def test_discrete_greedy_equals_model_generate(arch, engine, tiny_model_dirs, tokenizer):
     lm = load_model(str(tiny_model_dirs[arch]))
     ids, mask = _prompts(tokenizer, PROMPTS)
     assert len(set(mask.sum(1).tolist())) == 3  # really different prompt lengths, left-padded
     rollout = generate(lm.model, ids, mask, SamplingConfig(max_new_tokens=12, greedy=True), gate=None,
-                       matcher=None, eos_token_ids=[EOS], pad_token_id=EOS)
+                       matcher=None, eos_token_ids=[EOS], pad_token_id=EOS, engine=engine)
     expected = lm.model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
                                  eos_token_id=EOS, pad_token_id=EOS)[:, ids.shape[1]:]
     ours = rollout.completion_ids
@@ -135,16 +137,17 @@ def test_discrete_greedy_equals_model_generate(arch, tiny_model_dirs, tokenizer)
     assert (ours[:, width:] == EOS).all() and (expected[:, width:] == EOS).all()
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch,engine", ENGINES)
 @pytest.mark.parametrize("mode", ["hybrid", "discrete"])
-def test_rollout_logprobs_equal_training_logprobs(arch, mode, tiny_model_dirs, tokenizer):
+def test_rollout_logprobs_equal_training_logprobs(arch, engine, mode, tiny_model_dirs, tokenizer):
     lm = load_model(str(tiny_model_dirs[arch]))
     torch.manual_seed(0)
     gate = HybridGate(lm.model.config.hidden_size, r_min=0.5, r_max=0.9) if mode == "hybrid" else None
     ids, mask = _prompts(tokenizer, PROMPTS)
     sampling = SamplingConfig(max_new_tokens=10, temperature=0.7, top_k=50)
     rollout = generate(lm.model, ids, mask, sampling, gate=gate, matcher=marker_matcher(tokenizer, "####"),
-                       eos_token_ids=[EOS], pad_token_id=EOS, generator=torch.Generator().manual_seed(1))
+                       eos_token_ids=[EOS], pad_token_id=EOS, generator=torch.Generator().manual_seed(1),
+                       engine=engine)
     if mode == "hybrid":
         assert rollout.thinking_mask.any()
     with torch.no_grad():

@@ -93,8 +93,8 @@ class TrainConfig:
     dtype: str = _f("auto", "Model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.",
                     choices=DTYPES)
     device: str = _f("auto", "Device: auto, cpu, cuda, cuda:N.")
-    rollout_engine: str = _f("auto", "Decode loop for rollouts: auto (graph on CUDA for Llama-family models, "
-                                     "else eager), eager (HF forward, dynamic cache), "
+    rollout_engine: str = _f("auto", "Decode loop for rollouts: auto (for Llama-family models graph on CUDA, "
+                                     "static on CPU; else eager), eager (HF forward, dynamic cache), "
                                      "static (own static KV cache), graph (static + torch.compile + CUDA graph).",
                              choices=("auto", "eager", "static", "graph"))
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.")

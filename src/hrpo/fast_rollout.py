@@ -39,11 +39,13 @@ def _base_model(model):
 def unsupported_reason(model) -> str | None:
     """Why the static engine cannot run ``model`` (None when it can)."""
     base = _base_model(model)
-    config = base.config
+    config = getattr(base, "config", None)
+    if not hasattr(base, "get_decoder") or not hasattr(base, "get_output_embeddings") or config is None:
+        return "a model that is not a transformers causal LM"
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         return f"model_type '{config.model_type}' (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
     decoder = base.get_decoder()
-    if not hasattr(decoder, "rotary_emb") or not hasattr(decoder, "layers"):
+    if not all(hasattr(decoder, n) for n in ("rotary_emb", "layers", "norm")):
         return "a decoder without rotary_emb/layers"
     for layer in decoder.layers:
         if getattr(layer.self_attn, "sliding_window", None):
@@ -63,8 +65,8 @@ def resolve_engine(engine: str, model, mode: str) -> str:
         return engine
     reason = unsupported_reason(model)
     on_cuda = next(model.parameters()).device.type == "cuda"
-    if engine == "auto":  # on CPU the step is matmul-bound and the static engine gains nothing: stay eager
-        return "graph" if on_cuda and not reason else "eager"
+    if engine == "auto":
+        return "eager" if reason else "graph" if on_cuda else "static"
     if engine not in ("static", "graph"):
         raise ValueError(f"unknown rollout engine '{engine}' (auto, eager, static, graph)")
     if reason:

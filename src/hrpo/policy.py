@@ -82,8 +82,11 @@ def load_policy(model: str | None = None, adapter: str | Path | None = None, mod
 
 
 def generate_ids(policy: Policy, prompt_ids: list[list[int]], max_new_tokens: int, greedy: bool = False,
-                 temperature: float | None = None, seed: int = 0) -> Rollout:
-    """Decode a batch of prompts (lists of ids) with the policy's hybrid mixing; returns the Rollout."""
+                 temperature: float | None = None, seed: int = 0, engine: str = "auto") -> Rollout:
+    """Decode a batch of prompts (lists of ids) with the policy's hybrid mixing; returns the Rollout.
+
+    ``engine``: the decode loop (see :func:`hrpo.rollout.generate`; auto = the CUDA-graph engine where it
+    supports the model, else eager)."""
     ids, mask = left_pad(prompt_ids, policy.tokenizer.pad_token_id, policy.device)
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature or policy.temperature,
                               top_k=policy.top_k, top_p=policy.top_p, greedy=greedy)
@@ -93,7 +96,7 @@ def generate_ids(policy: Policy, prompt_ids: list[list[int]], max_new_tokens: in
     generator = torch.Generator(device=policy.device).manual_seed(seed)
     return generate(policy.model, ids, mask, sampling, gate=policy.gate, matcher=matcher,
                     eos_token_ids=policy.eos_ids, pad_token_id=policy.tokenizer.pad_token_id, generator=generator,
-                    mode=policy.mode)
+                    mode=policy.mode, engine=engine)
 
 
 def latent_neighbours(policy: Policy, rollout: Rollout, row: int = 0, k: int = 5) -> list[dict]:

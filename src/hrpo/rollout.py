@@ -242,7 +242,7 @@ def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
 def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampling: SamplingConfig, *,
              gate: HybridGate | None, matcher: MarkerMatcher | None, eos_token_ids: list[int], pad_token_id: int,
              generator: torch.Generator | None = None, row_seeds: torch.Tensor | None = None, group_size: int = 1,
-             mode: str | None = None, engine: str = "eager") -> Rollout:
+             mode: str | None = None, engine: str = "auto") -> Rollout:
     """Sample completions for left-padded prompts (B, P).
 
     ``mode`` (default: hybrid with a gate, else discrete) is hybrid (HRPO), discrete (GRPO: plain embeddings),
