@@ -6,7 +6,7 @@ import torch
 
 from conftest import build_tiny_model, tiny_config
 from hrpo import HybridGate, SamplingConfig, generate
-from hrpo.fast_rollout import effective_linear, generate_fast, resolve_engine, unsupported_reason
+from hrpo.fast_rollout import fuse, generate_fast, linear_parts, project, resolve_engine, unsupported_reason
 from hrpo.models import add_lora
 from hrpo.rollout import marker_matcher, row_uniforms, sample_tokens
 from hrpo.text import left_pad
@@ -88,15 +88,36 @@ def test_static_engine_equals_eager_dense_latents_and_greedy(lora_model, tokeniz
                  _run(lora_model, tokenizer, "hybrid", sampling, [2], "static"))
 
 
-def test_effective_linear_matches_the_lora_module(lora_model):
-    q_proj = lora_model.get_base_model().get_decoder().layers[0].self_attn.q_proj
-    x = torch.randn(3, q_proj.in_features)
-    weight, bias = effective_linear(q_proj)
-    torch.testing.assert_close(torch.nn.functional.linear(x, weight, bias), q_proj(x), atol=1e-5, rtol=0)
-    with lora_model.disable_adapter():  # the reference model: base weights only
-        base, _ = effective_linear(q_proj)
-    assert torch.equal(base, q_proj.base_layer.weight)
-    assert not torch.equal(base, weight)
+def test_fused_projections_match_the_lora_modules(lora_model):
+    layer = lora_model.get_base_model().get_decoder().layers[0]
+    attn = layer.self_attn
+    x = torch.randn(3, attn.q_proj.in_features)
+    w = fuse([linear_parts(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj)], "qkv")
+    expected = torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1)
+    torch.testing.assert_close(project(x, w, "qkv"), expected, atol=1e-5, rtol=0)
+    with lora_model.disable_adapter():  # the reference model: base weights, no LoRA path
+        parts = linear_parts(attn.q_proj)
+    assert parts.lora_a is None and torch.equal(parts.weight, attn.q_proj.base_layer.weight)
+
+
+def test_lora_path_survives_bf16(tokenizer):
+    """A LoRA update far below bf16's rounding step of the base weights still changes the projection: it is
+    computed apart (as peft does), not merged into a bf16 copy of W, where most of it would round away."""
+    model = add_lora(build_tiny_model("llama", len(tokenizer)), 4, 8).to(torch.bfloat16)
+    q_proj = model.get_base_model().get_decoder().layers[0].self_attn.q_proj
+    with torch.no_grad():
+        for b in q_proj.lora_B.values():
+            b.weight.normal_(0.0, 1e-4, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(64, q_proj.in_features, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    base = q_proj.base_layer(x).float()
+    expected = q_proj(x).float() - base  # what the adapter adds, in peft's arithmetic
+    assert expected.abs().max() > 0
+    got = project(x, fuse([linear_parts(q_proj)], "q"), "q").float() - base
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    parts = linear_parts(q_proj)
+    merged = (parts.weight.float() + parts.lora_b.float() @ parts.lora_a.float()).to(torch.bfloat16)
+    lost = torch.nn.functional.linear(x, merged).float() - base
+    assert (lost - expected).abs().max() > 10 * (got - expected).abs().max()  # what merging would do
 
 
 def test_engine_resolution(tiny_model_dirs, tokenizer):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .config import ConfigError
 from .gate import HybridGate
 from .rollout import MarkerMatcher, Rollout, SamplingConfig, generate
 
@@ -40,7 +41,7 @@ def shape_config(shape: str):
     else:
         path = Path(shape)
         if not path.exists():
-            raise ValueError(f"--shape '{shape}': not a named shape ({', '.join(SHAPES)}) nor an existing path")
+            raise ConfigError(f"--shape '{shape}': not a named shape ({', '.join(SHAPES)}) nor an existing path")
         config = AutoConfig.from_pretrained(path if path.is_dir() else path.parent)
     config.bos_token_id = config.eos_token_id = config.pad_token_id = 0
     return config
@@ -84,8 +85,12 @@ def peak_memory_gb(device: str) -> float:
 
 def bench_rollout(shape: str = "qwen2.5-1.5b", batch: int = 64, prompt_len: int = 256, new_tokens: int = 256,
                   engines: tuple[str, ...] | None = None, baselines: tuple[str, ...] | None = None,
-                  dtype: str = "bfloat16", device: str | None = None, repeats: int = 2, log=None) -> dict:
+                  dtype: str = "bfloat16", device: str | None = None, repeats: int = 2, log=None,
+                  lora_r: int = 0) -> dict:
     """Time hybrid and discrete rollouts on each engine and HF ``generate`` baselines; returns a JSON-able dict.
+
+    ``lora_r`` > 0 wraps the model in a LoRA adapter of that rank on all projections (as in training; its
+    B matrices are randomised so the adapter is not a no-op) for every entry, baselines included.
 
     Each entry has seconds (best of ``repeats``), first_call_s (compilation and capture included), steps_per_s
     (decode steps per second) and new_tokens_per_s; ``ratios`` divides the fast hybrid steps/s by each other
@@ -96,6 +101,14 @@ def bench_rollout(shape: str = "qwen2.5-1.5b", batch: int = 64, prompt_len: int 
     engines = engines or (("eager", "static", "graph") if on_cuda else ("eager", "static"))
     baselines = baselines or (("hf_dynamic", "hf_static") if on_cuda else ("hf_dynamic",))
     model = random_model(shape, getattr(torch, dtype), device)
+    if lora_r:
+        from .models import add_lora
+
+        model = add_lora(model, lora_r, 2 * lora_r).eval()
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0.0, 1e-3)
     vocab, hidden = model.get_input_embeddings().weight.shape
     ids = torch.randint(10, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(0)).to(device)
     mask = torch.ones_like(ids)
@@ -136,7 +149,7 @@ def bench_rollout(shape: str = "qwen2.5-1.5b", batch: int = 64, prompt_len: int 
               for name, r in results.items() if name != fast}
     hybrid_cost = {e: results[f"hybrid_{e}"]["seconds"] / results[f"discrete_{e}"]["seconds"] - 1 for e in engines}
     return {**_header(shape, dtype, device), "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
-            "results": results, "fast": fast, "ratios": ratios, "hybrid_cost_over_discrete": hybrid_cost,
+            "lora_r": lora_r, "results": results, "fast": fast, "ratios": ratios, "hybrid_cost_over_discrete": hybrid_cost,
             "peak_memory_gb": peak_memory_gb(device)}
 
 
@@ -191,8 +204,9 @@ def _header(shape: str, dtype: str, device: str) -> dict:
 def rollout_table(report: dict) -> str:
     """A Markdown table of a :func:`bench_rollout` report."""
     fast = report["fast"]
+    lora = f", LoRA r{report['lora_r']}" if report.get("lora_r") else ", no adapter"
     lines = [f"{report['device']} | {report['shape']} {report['dtype']} | batch {report['batch']}, prompt "
-             f"{report['prompt_len']}, {report['new_tokens']} new tokens", "",
+             f"{report['prompt_len']}, {report['new_tokens']} new tokens{lora}", "",
              "| run | steps/s | new tokens/s | first call s | fast hybrid / this |", "|---|---:|---:|---:|---:|"]
     for name, r in report["results"].items():
         ratio = report["ratios"].get(f"{fast}_over_{name}")

@@ -3,9 +3,10 @@
 Same semantics as the eager loop in :mod:`hrpo.rollout` (same sampling noise per row seed, same thinking span,
 latents, gate and log-probs); only the decode machinery differs:
 
-* the decoder layers of Llama-family models (llama, qwen2, qwen3, mistral) run from *effective* weights
-  (base + LoRA delta merged into a private copy, refreshed every call; q/k/v and gate/up fused into one GEMM
-  each), read through public module attributes; nothing in transformers or peft is patched;
+* the decoder layers of Llama-family models (llama, qwen2, qwen3, mistral) run from private fused copies of
+  their weights (q/k/v and gate/up concatenated into one GEMM each, the active LoRA adapters kept as a separate
+  low-rank path computed in the adapters' dtype, as peft does; refreshed every call), read through public
+  module attributes; nothing in transformers or peft is patched;
 * keys and values live in a pre-allocated (B, kv_heads, L, head_dim) cache per layer; a decode step writes
   slot P + t and attends over the whole cache with a (B, L) validity mask; grouped-query attention folds the
   query heads of one KV head into the query axis instead of repeating keys and values;
@@ -84,23 +85,69 @@ def _projections(layer):
     return [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
 
 
-def effective_linear(module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(weight (out, in), bias) that ``module`` applies now: base weights plus the active, unmerged LoRA deltas."""
+@dataclass
+class LinearParts:
+    """What a (peft) linear layer applies now: y = x W^T + b + (x A^T) B^T, with every active LoRA adapter's
+    A stacked into ``lora_a`` (R, in) and its B times its scaling into ``lora_b`` (out, R), both in the adapters'
+    dtype (None without an active, unmerged adapter)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    lora_a: torch.Tensor | None = None
+    lora_b: torch.Tensor | None = None
+
+
+def linear_parts(module) -> LinearParts:
+    """The :class:`LinearParts` of an ``nn.Linear`` or a peft LoRA ``Linear``.
+
+    The LoRA path is kept apart instead of merged into W: in bf16 an update of LoRA's size is mostly below the
+    rounding step of W's entries, so a merged copy would roll out with a different policy than the one trained.
+    """
     base = getattr(module, "base_layer", None)
     if base is None:
-        return module.weight.detach(), None if module.bias is None else module.bias.detach()
-    weight = base.weight.detach()
-    if not module.disable_adapters and not module.merged:
-        deltas = [module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A]
-        if deltas:
-            weight = (weight.float() + sum(d.float() for d in deltas)).to(weight.dtype)
-    return weight, None if base.bias is None else base.bias.detach()
+        return LinearParts(module.weight.detach(), None if module.bias is None else module.bias.detach())
+    parts = LinearParts(base.weight.detach(), None if base.bias is None else base.bias.detach())
+    if module.disable_adapters or module.merged:
+        return parts
+    active = [a for a in module.active_adapters if a in module.lora_A]
+    if active:
+        parts.lora_a = torch.cat([module.lora_A[a].weight.detach() for a in active])
+        parts.lora_b = torch.cat([module.lora_B[a].weight.detach() * module.scaling[a] for a in active], dim=1)
+    return parts
 
 
-def _cat_bias(biases, sizes, like):
-    if all(b is None for b in biases):
-        return None
-    return torch.cat([b if b is not None else like.new_zeros(n) for b, n in zip(biases, sizes)])
+def fuse(parts: list[LinearParts], name: str) -> dict[str, torch.Tensor | None]:
+    """One linear layer equivalent to ``parts`` side by side (outputs concatenated): weights and biases
+    concatenated, LoRA A stacked and LoRA B block-diagonal."""
+    weight = torch.cat([p.weight for p in parts])
+    out = {name: weight, f"{name}_bias": None, f"{name}_lora_a": None, f"{name}_lora_b": None}
+    if any(p.bias is not None for p in parts):
+        out[f"{name}_bias"] = torch.cat([p.bias if p.bias is not None else weight.new_zeros(p.weight.shape[0])
+                                         for p in parts])
+    lora = [p for p in parts if p.lora_a is not None]
+    if lora:
+        out[f"{name}_lora_a"] = torch.cat([p.lora_a for p in lora])
+        blocks = torch.zeros(weight.shape[0], sum(p.lora_a.shape[0] for p in lora), dtype=lora[0].lora_b.dtype,
+                             device=weight.device)
+        row = col = 0
+        for p in parts:
+            if p.lora_a is not None:
+                rank = p.lora_a.shape[0]
+                blocks[row:row + p.weight.shape[0], col:col + rank] = p.lora_b
+                col += rank
+            row += p.weight.shape[0]
+        out[f"{name}_lora_b"] = blocks
+    return out
+
+
+def project(x: torch.Tensor, w: dict, name: str) -> torch.Tensor:
+    """The fused linear ``name`` of :func:`fuse` on x, as peft computes it: base in x's dtype, LoRA in the
+    adapters' dtype, summed and cast back to x's dtype."""
+    y = F.linear(x, w[name], w[f"{name}_bias"])
+    a = w[f"{name}_lora_a"]
+    if a is None:
+        return y
+    return (y + F.linear(F.linear(x.to(a.dtype), a), w[f"{name}_lora_b"])).to(x.dtype)
 
 
 @dataclass
@@ -116,37 +163,34 @@ class DecodeWeights:
     head_dim: int
     scaling: float
 
+    def signature(self) -> tuple:
+        """Shapes of the tensors a captured step reads (a different signature needs a new capture)."""
+        return tuple((k, None if v is None else tuple(v.shape)) for k, v in self.tensors[0].items())
+
 
 def decode_weights(model) -> DecodeWeights:
-    """Fresh fused copies of ``model``'s decoder weights (LoRA deltas merged in)."""
+    """Fresh fused copies of ``model``'s decoder weights (with the active LoRA adapters kept unmerged)."""
     base = _base_model(model)
     decoder, config = base.get_decoder(), base.config
     layers = []
     for layer in decoder.layers:
         attn, mlp = layer.self_attn, layer.mlp
-        (wq, bq), (wk, bk), (wv, bv) = (effective_linear(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
-        wo, bo = effective_linear(attn.o_proj)
-        (wg, bg), (wu, bu) = effective_linear(mlp.gate_proj), effective_linear(mlp.up_proj)
-        wd, bd = effective_linear(mlp.down_proj)
         layers.append({
             "input_norm": layer.input_layernorm.weight.detach(),
             "post_norm": layer.post_attention_layernorm.weight.detach(),
-            "qkv": torch.cat([wq, wk, wv]),
-            "qkv_bias": _cat_bias([bq, bk, bv], [wq.shape[0], wk.shape[0], wv.shape[0]], wq),
-            "o": wo.clone(), "o_bias": bo,
-            "gate_up": torch.cat([wg, wu]),
-            "gate_up_bias": _cat_bias([bg, bu], [wg.shape[0], wu.shape[0]], wg),
-            "down": wd.clone(), "down_bias": bd,
+            **fuse([linear_parts(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj)], "qkv"),
+            **fuse([linear_parts(attn.o_proj)], "o"),
+            **fuse([linear_parts(mlp.gate_proj), linear_parts(mlp.up_proj)], "gate_up"),
+            **fuse([linear_parts(mlp.down_proj)], "down"),
             "q_norm": attn.q_norm.weight.detach() if hasattr(attn, "q_norm") else None,
             "k_norm": attn.k_norm.weight.detach() if hasattr(attn, "k_norm") else None,
         })
-    lm_head, _ = effective_linear(base.get_output_embeddings())
     attn0 = decoder.layers[0].self_attn
     head_dim = attn0.head_dim
     return DecodeWeights(
         tensors=layers,
         final_norm=decoder.norm.weight.detach(),
-        lm_head=lm_head,
+        lm_head=linear_parts(base.get_output_embeddings()).weight,
         eps=float(getattr(config, "rms_norm_eps", 1e-6)),
         num_heads=config.num_attention_heads,
         num_kv_heads=config.num_key_value_heads,
@@ -155,12 +199,11 @@ def decode_weights(model) -> DecodeWeights:
     )
 
 
-def refresh_weights(target: DecodeWeights, model) -> None:
-    """Copy ``model``'s current effective weights into ``target``'s tensors (addresses unchanged)."""
-    fresh = decode_weights(model)
+def refresh_weights(target: DecodeWeights, fresh: DecodeWeights) -> None:
+    """Copy ``fresh`` weights into ``target``'s tensors (addresses unchanged; same signature)."""
     for old, new in zip(target.tensors, fresh.tensors):
         for key, value in new.items():
-            if value is not None and old[key] is not None and old[key].data_ptr() != value.data_ptr():
+            if value is not None and old[key].data_ptr() != value.data_ptr():
                 old[key].copy_(value)
     if target.lm_head.data_ptr() != fresh.lm_head.data_ptr():
         target.lm_head.copy_(fresh.lm_head)
@@ -225,7 +268,7 @@ def attention_inputs(x, w: dict, cos, sin, dims: DecodeWeights):
     batch, length, _ = x.shape
     nh, nkv, hd = dims.num_heads, dims.num_kv_heads, dims.head_dim
     h = rms_norm(x, w["input_norm"], dims.eps)
-    q, k, v = F.linear(h, w["qkv"], w["qkv_bias"]).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+    q, k, v = project(h, w, "qkv").split([nh * hd, nkv * hd, nkv * hd], dim=-1)
     q, k, v = q.view(batch, length, nh, hd), k.view(batch, length, nkv, hd), v.view(batch, length, nkv, hd)
     if w["q_norm"] is not None:
         q, k = rms_norm(q, w["q_norm"], dims.eps), rms_norm(k, w["k_norm"], dims.eps)
@@ -236,10 +279,10 @@ def layer_output(x, q, w: dict, keys, values, mask, dims: DecodeWeights, act):
     """Attention of q over the cache, output projection, residual, MLP, residual -> (B, Q, H)."""
     batch, length, _ = x.shape
     attn = grouped_attention(q, keys, values, mask, dims.scaling)
-    x = x + F.linear(attn.transpose(1, 2).reshape(batch, length, -1), w["o"], w["o_bias"])
+    x = x + project(attn.transpose(1, 2).reshape(batch, length, -1), w, "o")
     h = rms_norm(x, w["post_norm"], dims.eps)
-    gate, up = F.linear(h, w["gate_up"], w["gate_up_bias"]).chunk(2, dim=-1)
-    return x + F.linear(act(gate) * up, w["down"], w["down_bias"])
+    gate, up = project(h, w, "gate_up").chunk(2, dim=-1)
+    return x + project(act(gate) * up, w, "down")
 
 
 def make_layer(pre=attention_inputs, post=layer_output):
@@ -472,10 +515,9 @@ def _compiled(fn):
     return torch.compile(fn, dynamic=False, mode=OPTIONS.compile_mode)
 
 
-def _capture_once(model, spec: StepSpec, key, batch, cache_len, compile_layers: bool,
+def _capture_once(model, weights: DecodeWeights, spec: StepSpec, key, batch, cache_len, compile_layers: bool,
                   compile_sampler: bool) -> GraphEngine:
     modules = model_modules(model)
-    weights = decode_weights(model)
     embed = modules.embed
     state = allocate_state(weights, batch, cache_len, spec.max_new, embed.weight.shape[1],
                            weights.lm_head.shape[0], spec.mode != "discrete", embed.weight.dtype,
@@ -498,14 +540,14 @@ def _capture_once(model, spec: StepSpec, key, batch, cache_len, compile_layers: 
     return GraphEngine(key=key, weights=weights, state=state, spec=spec, graph=graph, compiled=compiled)
 
 
-def _capture(model, spec: StepSpec, key, batch, cache_len) -> GraphEngine:
+def _capture(model, weights: DecodeWeights, spec: StepSpec, key, batch, cache_len) -> GraphEngine:
     """Capture the step, compiled as :data:`OPTIONS` asks; on compiler or capture errors retry with less
     compiled (warning once per failure)."""
     wanted = (OPTIONS.compile_layers, OPTIONS.compile_sampler)
     attempts = list(dict.fromkeys([wanted, (wanted[0], False), (False, False)]))
     for i, (layers, sampler) in enumerate(attempts):
         try:
-            return _capture_once(model, spec, key, batch, cache_len, layers, sampler)
+            return _capture_once(model, weights, spec, key, batch, cache_len, layers, sampler)
         except Exception as err:
             if i == len(attempts) - 1:
                 raise
@@ -517,15 +559,16 @@ def _capture(model, spec: StepSpec, key, batch, cache_len) -> GraphEngine:
 
 def _graph_engine(model, spec: StepSpec, batch: int, cache_len: int) -> GraphEngine:
     s = spec.sampling
+    weights = decode_weights(model)
     key = (batch, cache_len, spec.max_new, spec.mode, id(spec.gate), id(spec.matcher), tuple(spec.eos.tolist()),
-           spec.pad_token_id, s.temperature, s.top_k, s.top_p, s.greedy, s.logprob_temperature)
+           spec.pad_token_id, s.temperature, s.top_k, s.top_p, s.greedy, s.logprob_temperature, weights.signature())
     engine = _GRAPHS.get(id(model))
     if engine is not None and engine.key == key:
-        refresh_weights(engine.weights, model)
+        refresh_weights(engine.weights, weights)
         return engine
     _GRAPHS.pop(id(model), None)
     torch.cuda.empty_cache()
-    engine = _capture(model, spec, key, batch, cache_len)
+    engine = _capture(model, weights, spec, key, batch, cache_len)
     _GRAPHS[id(model)] = engine
     return engine
 
