@@ -1,8 +1,9 @@
 """Rollout throughput (hybrid vs discrete vs HF generate) and one training step's time split. Prints JSON.
 
     python benchmarks/rollout_and_step.py [--model embedded] [--batch 8] [--new-tokens 64] [--dtype bfloat16]
+        [--engines eager,static]
 
-All three decoders run in one process on the same left-padded prompts with the same sampling settings
+All decoders run in one process on the same left-padded prompts with the same sampling settings
 (temperature 0.5, top-k 50) and decode exactly --new-tokens tokens (EOS ignored), so ratios are comparable.
 """
 
@@ -65,18 +66,19 @@ def rollout_benchmark(args) -> dict:
                                     pad_token_id=lm.tokenizer.pad_token_id)
         assert out.shape[1] - ids.shape[1] == args.new_tokens
 
-    runs = {"hybrid": ours(gate), "discrete": ours(None), "hf_generate": hf_generate}
-    if args.static:
-        runs["hybrid_static"] = ours(gate, "static")
+    runs = {"hf_generate": hf_generate}
+    for engine in args.engines.split(","):
+        runs[f"hybrid_{engine}"] = ours(gate, engine)
+        runs[f"discrete_{engine}"] = ours(None, engine)
     seconds = timed_interleaved(runs, args.repeats)
     new_tokens = args.batch * args.new_tokens
     result = {name: {"seconds": s, "new_tokens_per_s": new_tokens / s, "steps_per_s": args.new_tokens / s}
               for name, s in seconds.items()}
-    result["ratios"] = {
-        "hybrid_over_hf_generate": seconds["hf_generate"] / seconds["hybrid"],
-        "discrete_over_hf_generate": seconds["hf_generate"] / seconds["discrete"],
-        "hybrid_cost_over_discrete": seconds["hybrid"] / seconds["discrete"] - 1.0,
-    }
+    result["ratios"] = {}
+    for engine in args.engines.split(","):
+        hybrid, discrete = seconds[f"hybrid_{engine}"], seconds[f"discrete_{engine}"]
+        result["ratios"][f"hybrid_{engine}_over_hf_generate"] = seconds["hf_generate"] / hybrid
+        result["ratios"][f"hybrid_{engine}_cost_over_discrete"] = hybrid / discrete - 1.0
     result["prompt_tokens"] = int(ids.shape[1])
     return result
 
@@ -105,7 +107,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-step", action="store_true", help="Only the rollout benchmark.")
-    parser.add_argument("--static", action="store_true", help="Also time the static-cache engine.")
+    parser.add_argument("--engines", default="eager,static", help="Rollout engines to time (comma list).")
     args = parser.parse_args()
     quiet_libraries()
     report = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
