@@ -172,3 +172,31 @@ def test_a_row_samples_the_same_tokens_in_any_batch(engine, tiny_model_dirs, tok
                      row_seeds=seeds[1:2], **kw)
     n = int(alone.completion_mask.sum())
     assert torch.equal(full.completion_ids[1, :n], alone.completion_ids[0, :n])
+
+
+def test_refresh_weights_copies_a_trained_adapter_in_place(lora_model):
+    """What the CUDA-graph engine does before each rollout: the captured buffers take the new LoRA values."""
+    from hrpo.fast_rollout import decode_weights, refresh_weights
+
+    captured = decode_weights(lora_model)
+    pointers = [{k: v.data_ptr() for k, v in layer.items() if v is not None} for layer in captured.tensors]
+    lora_b = next(p for n, p in lora_model.named_parameters() if "lora_B" in n)
+    saved = lora_b.detach().clone()
+    with torch.no_grad():
+        lora_b.add_(0.5)  # an optimizer step
+    try:
+        fresh = decode_weights(lora_model)
+        assert fresh.signature() == captured.signature()
+        assert not all(torch.equal(a["qkv_lora_b"], b["qkv_lora_b"]) for a, b in zip(captured.tensors, fresh.tensors))
+        refresh_weights(captured, fresh)
+        for layer, new, ptrs in zip(captured.tensors, fresh.tensors, pointers):
+            assert {k: v.data_ptr() for k, v in layer.items() if v is not None} == ptrs
+            for key, value in new.items():
+                assert (value is None) == (layer[key] is None)
+                if value is not None:
+                    assert torch.equal(layer[key], value), key
+    finally:
+        with torch.no_grad():
+            lora_b.copy_(saved)
+    with lora_model.disable_adapter():  # no adapter: a different signature, so the graph is captured again
+        assert decode_weights(lora_model).signature() != captured.signature()
