@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from .config import MODES, ConfigError, add_config_arguments, build_config, load_yaml
+from .config import DTYPES, MODES, ConfigError, add_config_arguments, build_config, load_yaml
 
 
 def _train_parser(sub) -> None:
@@ -22,29 +22,39 @@ def _train_parser(sub) -> None:
     add_config_arguments(p)
 
 
-def _generate_parser(sub) -> None:
-    p = sub.add_parser("generate", help="Generate a completion with a base model or a trained adapter.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _policy_arguments(p) -> None:
+    """--model and --adapter, shared by generate and eval."""
     p.add_argument("--model", default=None, help="Hub id, local directory or 'embedded' (default: the adapter's "
                                                  "base model, else embedded).")
     p.add_argument("--adapter", default=None, metavar="RUN_DIR", help="Run or checkpoint directory to load.")
+
+
+def _runtime_arguments(p) -> None:
+    """--seed, --dtype, --device and --trust-remote-code, shared by generate and eval."""
+    p.add_argument("--seed", type=int, default=0, help="Sampling seed.")
+    p.add_argument("--dtype", default="auto", choices=DTYPES)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="Let the model repository run its own Python code (only for models you trust).")
+
+
+def _generate_parser(sub) -> None:
+    p = sub.add_parser("generate", help="Generate a completion with a base model or a trained adapter.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _policy_arguments(p)
     p.add_argument("--prompt", required=True, help="User message (the chat template is applied).")
     p.add_argument("--max-new-tokens", type=int, default=256, help="Maximum new tokens.")
     p.add_argument("--greedy", action="store_true", help="Greedy decoding (the latent still uses the temperature).")
     p.add_argument("--temperature", type=float, default=None, help="Sampling temperature (default: the run's).")
     p.add_argument("--mode", choices=MODES, default=None,
                    help="Decoding mode (default: the run's mode, hybrid without an adapter).")
-    p.add_argument("--seed", type=int, default=0, help="Sampling seed.")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
-    p.add_argument("--device", default="auto")
+    _runtime_arguments(p)
     p.add_argument("--json", action="store_true", help="Print one JSON object instead of the text.")
     p.add_argument("--show-latents", action="store_true",
                    help="For each thinking position: the sampled token, the gate's mean a and the 5 tokens whose "
                         "embeddings are closest (cosine) to the latent.")
     p.add_argument("--latents-json", metavar="FILE", default=None,
                    help="With --show-latents: also save that table as JSON to FILE.")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="Let the model repository run its own Python code (only for models you trust).")
 
 
 def _eval_parser(sub) -> None:
@@ -54,9 +64,7 @@ def _eval_parser(sub) -> None:
                        description="Batched greedy (default) or sampled decoding with the same hybrid mixing as "
                                    "training; writes eval_<task>.json and eval_<task>_examples.jsonl.",
                        epilog=DATA_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="Hub id, local directory or 'embedded' (default: the adapter's "
-                                                 "base model, else embedded).")
-    p.add_argument("--adapter", default=None, metavar="RUN_DIR", help="Run or checkpoint directory to load.")
+    _policy_arguments(p)
     p.add_argument("--task", action="append", required=True, metavar="T", help="Task name (repeatable).")
     p.add_argument("--data", action="append", default=None, metavar="PATH",
                    help="Local data instead of the hub (see below; repeatable, one per --task).")
@@ -77,12 +85,8 @@ def _eval_parser(sub) -> None:
                         "(default: the adapter run's marker, else hash).")
     p.add_argument("--output-dir", default=None, metavar="DIR",
                    help="Report directory (default: the adapter directory, else runs/eval-<time>).")
-    p.add_argument("--seed", type=int, default=0, help="Sampling seed.")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
-    p.add_argument("--device", default="auto")
+    _runtime_arguments(p)
     p.add_argument("--quiet", action="store_true", help="No progress bar.")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="Let the model repository run its own Python code (only for models you trust).")
 
 
 def _plot_parser(sub) -> None:
