@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .gate import HybridGate, latent_embeddings, thinking_inputs, topk_latent_embeddings
-from .rollout import (MarkerMatcher, Rollout, SamplingConfig, position_ids_from_mask, row_uniforms,
-                      rows_repeat, sample_tokens, seeds_from_generator)
+from .gate import HybridGate, thinking_inputs
+from .rollout import (MarkerMatcher, Rollout, SamplingConfig, fed_back_vectors, kept_count, position_ids_from_mask,
+                      rollout_setup, row_uniforms, rows_repeat, sample_tokens)
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 CACHE_BUCKET = 128  # cache lengths are rounded up to a multiple of this, so one graph serves many prompt lengths
@@ -406,13 +406,10 @@ def sample_into(state: DecodeState, spec: StepSpec, embed) -> tuple[torch.Tensor
         marker_state = spec.matcher.table[state.marker_state, tokens]
         state.marker_state.copy_(marker_state)
         thinking = ~finished & (marker_state < spec.matcher.done_state) & (t < spec.max_new - 1)
-        if spec.mode == "hidden":
-            vectors = state.hidden
-        elif kept_ids.shape[-1] < state.logits.shape[-1]:
-            vectors = topk_latent_embeddings(kept_probs, embed(kept_ids))
-        else:
-            probs = torch.zeros_like(kept_probs).scatter_(-1, kept_ids, kept_probs)
-            vectors = latent_embeddings(probs, embed.weight)
+        vocab = state.logits.shape[-1]
+        # Llama-family embeddings are unscaled: the weight rows are the embedding outputs (a fixed buffer)
+        dense = embed.weight if kept_count(spec.sampling, vocab) == vocab else None
+        vectors = fed_back_vectors(spec.mode, kept_probs, kept_ids, embed, dense, state.hidden)
         state.latents.index_copy_(1, column, vectors[:, None].to(state.latents.dtype))
     else:
         thinking = torch.zeros_like(finished)
@@ -587,17 +584,10 @@ def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sa
 
     ``sync_every``: decode steps between checks for "every row finished" (static default 1; graph: 16).
     """
-    mode = mode or ("hybrid" if gate is not None else "discrete")
-    if mode == "hybrid" and gate is None:
-        raise ValueError("hybrid rollouts need a HybridGate")
-    if mode != "discrete" and matcher is None:
-        raise ValueError(f"{mode} rollouts need a MarkerMatcher to find the end of the thinking span")
     device = prompt_ids.device
     batch, length = prompt_ids.shape
     max_new = sampling.max_new_tokens
-    if row_seeds is None:
-        row_seeds = seeds_from_generator(batch, generator)
-    row_seeds = row_seeds.to(device)
+    mode, row_seeds = rollout_setup(mode, gate, matcher, row_seeds, generator, batch, device)
     if matcher is not None:
         matcher.step(torch.zeros(1, dtype=torch.long, device=device), torch.zeros(1, dtype=torch.long, device=device))
     spec = StepSpec(sampling=sampling, mode=mode, gate=gate, matcher=matcher,

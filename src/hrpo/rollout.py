@@ -188,6 +188,42 @@ def seeds_from_generator(batch: int, generator: torch.Generator | None, device=N
     return torch.randint(0, 1 << 62, (batch,), generator=generator, dtype=torch.long, device=where).to(device)
 
 
+def kept_count(sampling: SamplingConfig, vocab: int) -> int:
+    """How many tokens the sampling distribution keeps (the top-k, or all ``vocab`` without top-k)."""
+    return sampling.top_k if 0 < sampling.top_k < vocab else vocab
+
+
+def rollout_setup(mode: str | None, gate: HybridGate | None, matcher: MarkerMatcher | None,
+                  row_seeds: torch.Tensor | None, generator: torch.Generator | None, batch: int,
+                  device) -> tuple[str, torch.Tensor]:
+    """Check a rollout's arguments; return the mode (default: hybrid with a gate, else discrete) and the row
+    seeds (B,) on ``device`` (drawn from ``generator`` when None)."""
+    mode = mode or ("hybrid" if gate is not None else "discrete")
+    if mode == "hybrid" and gate is None:
+        raise ValueError("hybrid rollouts need a HybridGate")
+    if mode != "discrete" and matcher is None:
+        raise ValueError(f"{mode} rollouts need a MarkerMatcher to find the end of the thinking span")
+    if row_seeds is None:
+        row_seeds = seeds_from_generator(batch, generator)
+    return mode, row_seeds.to(device)
+
+
+def fed_back_vectors(mode: str, kept_probs: torch.Tensor, kept_ids: torch.Tensor, embed,
+                     dense_embeds: torch.Tensor | None, last_hidden: torch.Tensor | None) -> torch.Tensor:
+    """(B, H): what a thinking position feeds back besides (hybrid) or instead of its token (latent, hidden).
+
+    hidden: ``last_hidden``, the hidden state that produced the token's logits; otherwise the latent of the kept
+    distribution ``kept_probs``/``kept_ids`` (B, k): a gather over the k kept rows under top-k, or E^T p over
+    ``dense_embeds`` (V, H, the embedding layer's outputs) when the whole vocabulary is kept.
+    """
+    if mode == "hidden":
+        return last_hidden
+    if dense_embeds is None:
+        return topk_latent_embeddings(kept_probs, embed(kept_ids))
+    probs = torch.zeros_like(kept_probs).scatter_(-1, kept_ids, kept_probs)
+    return latent_embeddings(probs, dense_embeds)
+
+
 def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig, uniforms: torch.Tensor | None = None):
     """Draw one token per row from last-position ``logits`` (B, V) by inverse CDF with ``uniforms`` (B,) in [0,1).
 
@@ -197,8 +233,7 @@ def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig, uniforms: torc
     None only when ``sampling.greedy``.
     """
     scores = logits.float() / sampling.temperature
-    vocab = scores.shape[-1]
-    k = sampling.top_k if 0 < sampling.top_k < vocab else vocab
+    k = kept_count(sampling, scores.shape[-1])
     kept_scores, kept_ids = scores.topk(k, dim=-1)  # sorted, descending
     kept_probs = torch.softmax(kept_scores, dim=-1)
     if sampling.top_p < 1.0:
@@ -255,31 +290,23 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, samplin
     function: HF forward with a dynamic cache), static / graph (:mod:`hrpo.fast_rollout`: a static KV cache,
     with ``graph`` also compiled and replayed as a CUDA graph) or auto (the fastest that supports the model).
     """
+    batch, device = prompt_ids.shape[0], prompt_ids.device
+    mode, row_seeds = rollout_setup(mode, gate, matcher, row_seeds, generator, batch, device)
     if engine != "eager":
         from .fast_rollout import generate_fast, resolve_engine
 
-        engine = resolve_engine(engine, model, mode or ("hybrid" if gate is not None else "discrete"))
+        engine = resolve_engine(engine, model, mode)
         if engine != "eager":
             return generate_fast(model, prompt_ids, prompt_mask, sampling, gate=gate, matcher=matcher,
                                  eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, generator=generator,
                                  row_seeds=row_seeds, group_size=group_size, mode=mode, engine=engine)
     from transformers import DynamicCache
 
-    mode = mode or ("hybrid" if gate is not None else "discrete")
-    device = prompt_ids.device
     embed = model.get_input_embeddings()
     mixing = mode != "discrete"
-    if mode == "hybrid" and gate is None:
-        raise ValueError("hybrid rollouts need a HybridGate")
-    if mixing and matcher is None:
-        raise ValueError(f"{mode} rollouts need a MarkerMatcher to find the end of the thinking span")
     want_hidden = {"output_hidden_states": True} if mode == "hidden" else {}
-    batch, max_new = prompt_ids.shape[0], sampling.max_new_tokens
+    max_new = sampling.max_new_tokens
     eos = torch.tensor(eos_token_ids, device=device, dtype=torch.long)
-    if row_seeds is None:
-        row_seeds = seeds_from_generator(batch, generator)
-    row_seeds = row_seeds.to(device)
-    dense_embeds = None  # (V, H) embedding outputs, only when no top-k keeps the latent sparse
 
     attention_mask = prompt_mask.long()
     positions = position_ids_from_mask(attention_mask)
@@ -296,6 +323,9 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, samplin
         last_hidden = last_hidden.repeat_interleave(group_size, dim=0) if want_hidden else None
     next_position = positions[:, -1:] + 1
     vocab_size = last_logits.shape[-1]
+    dense_embeds = None  # (V, H) embedding outputs: the latent is dense only when no top-k keeps it sparse
+    if mode in ("hybrid", "latent") and kept_count(sampling, vocab_size) == vocab_size:
+        dense_embeds = embed(torch.arange(vocab_size, device=device))
 
     tokens_out, logprobs_out, real_out, thinking_out, latents_out, gate_mean_out = [], [], [], [], [], []
     state = torch.zeros(batch, dtype=torch.long, device=device)
@@ -312,15 +342,7 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, samplin
         if mixing:
             state = matcher.step(state, tokens)
             thinking = ~finished & (state < matcher.done_state) & (not last)
-            if mode == "hidden":
-                vectors = last_hidden
-            elif kept_ids.shape[-1] < vocab_size:
-                vectors = topk_latent_embeddings(kept_probs, embed(kept_ids))
-            else:
-                if dense_embeds is None:
-                    dense_embeds = embed(torch.arange(vocab_size, device=device))
-                probs = torch.zeros_like(kept_probs).scatter_(-1, kept_ids, kept_probs)
-                vectors = latent_embeddings(probs, dense_embeds)
+            vectors = fed_back_vectors(mode, kept_probs, kept_ids, embed, dense_embeds, last_hidden)
             latents_out.append(vectors)
         else:
             thinking = torch.zeros_like(finished)
