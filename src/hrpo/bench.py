@@ -149,8 +149,8 @@ def bench_rollout(shape: str = "qwen2.5-1.5b", batch: int = 64, prompt_len: int 
               for name, r in results.items() if name != fast}
     hybrid_cost = {e: results[f"hybrid_{e}"]["seconds"] / results[f"discrete_{e}"]["seconds"] - 1 for e in engines}
     return {**_header(shape, dtype, device), "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
-            "lora_r": lora_r, "results": results, "fast": fast, "ratios": ratios, "hybrid_cost_over_discrete": hybrid_cost,
-            "peak_memory_gb": peak_memory_gb(device)}
+            "lora_r": lora_r, "results": results, "fast": fast, "ratios": ratios,
+            "hybrid_cost_over_discrete": hybrid_cost, "peak_memory_gb": peak_memory_gb(device)}
 
 
 def bench_train(shape: str = "qwen2.5-1.5b", batch: int = 8, prompt_len: int = 1024, new_tokens: int = 1024,
