@@ -1,15 +1,20 @@
-"""One-shot GPU check for the fast rollout engine (run inside one `device` session).
+"""GPU checks and measurements for the fast rollout engine, in stages (run inside one `device` session).
 
-    PYTHONPATH=src python benchmarks/device_check.py --out $OUT [--skip-profile]
+    PYTHONPATH=src python benchmarks/device_check.py --out $OUT --stages equivalence,breakdown,bench_rollout
+        [--set compile_mode=max-autotune-no-cudagraphs] [--group 8] [--lora-r 32] [--tag NAME]
 
-1. Equivalence on the GPU: tiny random Llama/Qwen2 models in fp32, hybrid/discrete/latent/hidden, with a
-   sampled "EOS" so rows end early: eager vs static vs graph (same row seeds -> same tokens; latents and
-   log-probs within 1e-4). At the real Qwen2.5-1.5B shape in bf16: the fraction of tokens on which graph and
-   eager agree (random-init logits are near-uniform, so bf16 rounding flips some samples; reported, not asserted).
-2. `hrpo bench rollout` at Qwen2.5-1.5B shape, batch 64, prompt 256, 256 new tokens (all engines + HF baselines).
-3. `hrpo bench train`: the paper's GSM8K micro-batch (8 x (1024 + 1024), LoRA r32, gradient checkpointing).
-4. A kernel-time profile of 20 graph replays (top kernels), to see where the step's time goes.
-Each stage writes its JSON to --out as soon as it ends.
+Stages (each writes ``<stage>[_<tag>].json`` to --out as soon as it ends, and keeps going after an error):
+
+* equivalence: tiny random Llama/Qwen2 models in fp32, hybrid/discrete/hidden, with sampled "EOS" tokens so rows
+  end early: eager vs graph (same row seeds -> same tokens; latents and log-probs within 1e-4).
+* breakdown: Qwen2.5-1.5B shape, batch 64, prompt 256, 256 new tokens on the graph engine: a whole call, the
+  prefill alone, one decode step alone (mean of 128 graph replays, device events) and the weight refresh.
+* profile_step: kernel times of one compiled decode step launched without the graph (top kernels).
+* bench_rollout: `hrpo bench rollout` at that shape (graph engine and the HF generate baselines).
+* bench_train: `hrpo bench train`, the paper's GSM8K micro-batch (8 x (1024 + 1024), LoRA r32, checkpointing).
+* bench_rollout_embedded: the embedded model's shape, batch 8.
+
+``--set key=value`` changes :data:`hrpo.fast_rollout.OPTIONS` for every stage (a variant of the engine).
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from pathlib import Path
 
 import torch
 
+import hrpo.fast_rollout as fr
 from hrpo.bench import bench_rollout, bench_train, random_model
-from hrpo.fast_rollout import _GRAPHS
 from hrpo.gate import HybridGate
 from hrpo.rollout import MarkerMatcher, SamplingConfig, generate
+
+SHAPE, BATCH, PROMPT, NEW = "qwen2.5-1.5b", 64, 256, 256
 
 
 def tiny(arch: str, vocab: int = 512):
@@ -53,8 +60,7 @@ def compare(a, b) -> dict:
     return out
 
 
-def equivalence(modes=("hybrid", "discrete", "latent", "hidden"), engines=("eager", "static", "graph"),
-                real_shape: bool = True) -> dict:
+def equivalence(modes=("hybrid", "discrete", "hidden"), engines=("eager", "graph")) -> dict:
     report = {}
     vocab = 512
     pieces = ["a"] * vocab
@@ -65,6 +71,7 @@ def equivalence(modes=("hybrid", "discrete", "latent", "hidden"), engines=("eage
     mask = torch.ones_like(ids)
     mask[2:4, :5] = 0  # left padding
     seeds = (torch.arange(6) * 7 + 3).cuda()
+    ok = True
     for arch in ("llama", "qwen2"):
         model = tiny(arch, vocab)
         gate = HybridGate(64, 0.5, 0.6).cuda()
@@ -74,180 +81,142 @@ def equivalence(modes=("hybrid", "discrete", "latent", "hidden"), engines=("eage
                       group_size=2, mode=mode)
             first = generate(model, ids, mask, sampling, eos_token_ids=[-1], engine="eager", **kw)
             eos = [int(first.completion_ids[0, 5]), int(first.completion_ids[3, 9])]
-            runs = {e: generate(model, ids, mask, sampling, eos_token_ids=eos, engine=e, **kw)
-                    for e in engines}
-            report[f"{arch}/{mode}"] = {
-                "columns": int(runs["eager"].completion_ids.shape[1]),
-                "thinking_tokens": int(runs["eager"].thinking_mask.sum()),
-                **{f"{e}_vs_eager": compare(runs["eager"], runs[e]) for e in engines if e != "eager"}}
-        _GRAPHS.clear()
-    if not real_shape:
-        return report
-    # real shape, bf16: agreement of sampled tokens (graph vs eager) over the first 64 steps
-    model = random_model("qwen2.5-1.5b", torch.bfloat16, "cuda")
-    gate = HybridGate(1536).cuda()
-    big_ids = torch.randint(10, 151936, (8, 64), generator=torch.Generator().manual_seed(1)).cuda()
-    big_matcher = MarkerMatcher(["x"], "####", 151936)
-    sampling = SamplingConfig(max_new_tokens=64, temperature=0.5, top_k=50)
-    kw = dict(gate=gate, matcher=big_matcher, eos_token_ids=[-1], pad_token_id=0,
-              row_seeds=torch.arange(8).cuda())
-    eager = generate(model, big_ids, torch.ones_like(big_ids), sampling, engine="eager", **kw)
-    graph = generate(model, big_ids, torch.ones_like(big_ids), sampling, engine="graph", **kw)
-    agree = (eager.completion_ids == graph.completion_ids).float()
-    first_diff = [int(r.nonzero()[0]) if r.any() else 64 for r in (agree == 0)]
-    report["qwen2.5-1.5b_bf16_hybrid"] = {"token_agreement": float(agree.mean()),
-                                          "first_divergent_step_per_row": first_diff,
-                                          "step0_logprob_max_diff": float((eager.logprobs[:, 0] -
-                                                                           graph.logprobs[:, 0]).abs().max())}
-    report["graph_compiled"] = [e.compiled for e in _GRAPHS.values()]
-    _GRAPHS.clear()
-    del model
-    torch.cuda.empty_cache()
+            runs = {e: generate(model, ids, mask, sampling, eos_token_ids=eos, engine=e, **kw) for e in engines}
+            entry = {"columns": int(runs["eager"].completion_ids.shape[1]),
+                     "thinking_tokens": int(runs["eager"].thinking_mask.sum()),
+                     **{f"{e}_vs_eager": compare(runs["eager"], runs[e]) for e in engines if e != "eager"}}
+            for e in engines:
+                if e != "eager":
+                    c = entry[f"{e}_vs_eager"]
+                    ok &= c["same_ids"] and c["same_masks"] and c["logprob_max_diff"] < 1e-4
+            report[f"{arch}/{mode}"] = entry
+        fr._GRAPHS.clear()
+    report["all_equal"] = ok
     return report
 
 
-def profile(new_tokens: int = 64) -> dict:
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+def _setup(group: int, lora_r: int):
+    model = random_model(SHAPE, torch.bfloat16, "cuda", lora_r)
+    vocab, hidden = model.get_input_embeddings().weight.shape
+    prompts = torch.randint(10, vocab, (BATCH // group, PROMPT), generator=torch.Generator().manual_seed(0))
+    ids = prompts.repeat_interleave(group, dim=0).cuda()
+    kw = dict(gate=HybridGate(hidden).cuda(), matcher=MarkerMatcher(["x"], "####", vocab), eos_token_ids=[-1],
+              pad_token_id=0, row_seeds=torch.arange(BATCH).cuda(), engine="graph", group_size=group)
+    return model, ids, kw, SamplingConfig(max_new_tokens=NEW, temperature=0.5, top_k=50)
 
-    model = random_model("qwen2.5-1.5b", torch.bfloat16, "cuda")
-    gate = HybridGate(1536).cuda()
-    ids = torch.randint(10, 151936, (64, 256), generator=torch.Generator().manual_seed(0)).cuda()
-    kw = dict(gate=gate, matcher=MarkerMatcher(["x"], "####", 151936), eos_token_ids=[-1], pad_token_id=0,
-              row_seeds=torch.arange(64).cuda(), engine="graph")
-    sampling = SamplingConfig(max_new_tokens=256, temperature=0.5, top_k=50)
-    generate(model, ids, torch.ones_like(ids), sampling, **kw)
-    engine = next(iter(_GRAPHS.values()))
+
+def _event_ms(fn, repeats: int) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        fn()
+    end.record()
     torch.cuda.synchronize()
-    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(20):
-            engine.graph.replay()
+    return start.elapsed_time(end) / repeats
+
+
+def breakdown(group: int = 1, lora_r: int = 0, modes=("hybrid", "discrete")) -> dict:
+    """Where one rollout call's time goes on the graph engine."""
+    model, ids, kw, sampling = _setup(group, lora_r)
+    mask = torch.ones_like(ids)
+    report = {"options": dataclasses.asdict(fr.OPTIONS), "group": group, "lora_r": lora_r}
+    for mode in modes:
+        call_kw = {**kw, "gate": kw["gate"] if mode == "hybrid" else None}
+        run = lambda: generate(model, ids, mask, sampling, mode=mode, **call_kw)  # noqa: E731
+        t = time.perf_counter()
+        run()
         torch.cuda.synchronize()
-    rows = []
-    for evt in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:25]:
-        rows.append({"name": evt.key[:120], "calls": evt.count, "us_per_step": evt.device_time_total / 20})
-    total = sum(e.device_time_total for e in prof.key_averages()) / 20
-    return {"gpu_us_per_step": total, "compiled": engine.compiled, "top_kernels": rows}
-
-
-def graph_variant(**options) -> dict:
-    """Hybrid graph-engine steps/s at Qwen2.5-1.5B shape, batch 64, prompt 256, 256 new, with OPTIONS changed."""
-    import hrpo.fast_rollout as fr
-
-    saved = dataclasses.replace(fr.OPTIONS)
-    for k, v in options.items():
-        setattr(fr.OPTIONS, k, v)
-    _GRAPHS.clear()
-    try:
-        model = random_model("qwen2.5-1.5b", torch.bfloat16, "cuda")
-        ids = torch.randint(10, 151936, (64, 256), generator=torch.Generator().manual_seed(0)).cuda()
-        kw = dict(gate=HybridGate(1536).cuda(), matcher=MarkerMatcher(["x"], "####", 151936), eos_token_ids=[-1],
-                  pad_token_id=0, row_seeds=torch.arange(64).cuda(), engine="graph")
-        sampling = SamplingConfig(max_new_tokens=256, temperature=0.5, top_k=50)
-        times = []
+        first = time.perf_counter() - t
+        calls = []
         for _ in range(3):
-            torch.cuda.synchronize()
             t = time.perf_counter()
-            generate(model, ids, torch.ones_like(ids), sampling, **kw)
+            run()
             torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
-        return {"options": options, "compiled": next(iter(_GRAPHS.values())).compiled, "first_call_s": times[0],
-                "steps_per_s": 256 / min(times[1:])}
-    finally:
-        fr.OPTIONS = saved
-        _GRAPHS.clear()
+            calls.append(time.perf_counter() - t)
+        engine = fr._GRAPHS[id(model)]
+        state, modules = engine.state, fr.model_modules(model)
+        prefill_ms = _event_ms(lambda: fr.prefill(state, ids, mask, group, engine.weights, modules), 3)
+        fr.reset_outputs(state, kw["row_seeds"])
+        step_ms = _event_ms(engine.graph.replay, min(128, NEW - 1))
+        weights_ms = _event_ms(lambda: fr.refresh_weights(engine.weights, fr.decode_weights(model)), 3)
+        report[mode] = {"compiled": engine.compiled, "first_call_s": first, "call_s": min(calls),
+                        "steps_per_s": NEW / min(calls), "prefill_ms": prefill_ms, "step_ms": step_ms,
+                        "decode_steps_per_s": 1000 / step_ms, "weight_refresh_ms": weights_ms,
+                        "rest_ms": 1000 * min(calls) - prefill_ms - (NEW - 1) * step_ms - weights_ms}
+        print(mode, json.dumps(report[mode]), flush=True)
+    return report
 
 
-def profile_eager_step(steps: int = 5) -> dict:
-    """Kernel times of the compiled step launched eagerly (no graph), per step."""
+def profile_step(group: int = 1, lora_r: int = 0, steps: int = 5) -> dict:
+    """Kernel times of the compiled step launched without the graph, per step (the profiler over graph replays
+    crashed the process on torch 2.11)."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
-    import hrpo.fast_rollout as fr
-
-    model = random_model("qwen2.5-1.5b", torch.bfloat16, "cuda")
-    ids = torch.randint(10, 151936, (64, 256), generator=torch.Generator().manual_seed(0)).cuda()
-    generate(model, ids, torch.ones_like(ids), SamplingConfig(max_new_tokens=32, temperature=0.5, top_k=50),
-             gate=HybridGate(1536).cuda(), matcher=MarkerMatcher(["x"], "####", 151936), eos_token_ids=[-1],
-             pad_token_id=0, row_seeds=torch.arange(64).cuda(), engine="graph")
-    engine = next(iter(_GRAPHS.values()))
+    model, ids, kw, sampling = _setup(group, lora_r)
+    generate(model, ids, torch.ones_like(ids), dataclasses.replace(sampling, max_new_tokens=32), **kw)
+    engine = fr._GRAPHS[id(model)]
     modules = fr.model_modules(model)
-    layer_fn = fr.make_layer(fr._compiled(fr.attention_inputs), fr._compiled(fr.layer_output))
-    sampler = fr._compiled(fr.next_inputs)
+    layer_fn, sampler = fr.step_functions(fr.OPTIONS.compile_layers, fr.OPTIONS.compile_sampler)
     state = engine.state
-    for _ in range(2):
+
+    def step():
         state.step.zero_()
         fr.decode_step(state, engine.spec, engine.weights, modules, layer_fn, sampler)
+
+    for _ in range(2):
+        step()
     torch.cuda.synchronize()
     with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            state.step.zero_()
-            fr.decode_step(state, engine.spec, engine.weights, modules, layer_fn, sampler)
+            step()
         torch.cuda.synchronize()
     events = prof.key_averages()
     rows = [{"name": e.key[:100], "calls_per_step": e.count / steps, "us_per_step": e.device_time_total / steps}
-            for e in sorted(events, key=lambda e: -e.device_time_total)[:30]]
-    return {"gpu_us_per_step": sum(e.device_time_total for e in events) / steps, "top_kernels": rows}
-
-
-def _with_matmul(fn):
-    import hrpo.fast_rollout as fr
-
-    saved = fr.OPTIONS.attention
-    fr.OPTIONS.attention = "matmul"
-    try:
-        return fn()
-    finally:
-        fr.OPTIONS.attention = saved
+            for e in sorted(events, key=lambda e: -e.device_time_total)[:40]]
+    return {"lora_r": lora_r, "gpu_us_per_step": sum(e.device_time_total for e in events) / steps,
+            "kernels_per_step": sum(e.count for e in events) / steps, "top_kernels": rows}
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
-    p.add_argument("--skip-profile", action="store_true")
-    p.add_argument("--skip-equivalence", action="store_true")
-    p.add_argument("--round3", action="store_true", help="Quick equivalence, graph bench, matmul variant.")
-    p.add_argument("--round2", action="store_true", help="Quick equivalence, bench, graph variants, profile.")
+    p.add_argument("--stages", default="equivalence,breakdown,bench_rollout,bench_train")
+    p.add_argument("--set", action="append", default=[], help="OPTIONS field=value (repeatable).")
+    p.add_argument("--group", type=int, default=1)
+    p.add_argument("--lora-r", type=int, default=0)
+    p.add_argument("--baselines", default="hf_dynamic,hf_static")
+    p.add_argument("--tag", default="")
+    p.add_argument("--modes", default="hybrid,discrete", help="breakdown: rollout modes to time.")
     args = p.parse_args()
+    for item in args.set:
+        key, value = item.split("=", 1)
+        current = getattr(fr.OPTIONS, key)
+        setattr(fr.OPTIONS, key, value == "true" if isinstance(current, bool) else value or None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stages = []
-    if args.round3:
-        stages = [("equivalence_quick", lambda: equivalence(("hybrid", "discrete", "hidden"), ("eager", "graph"),
-                                                            real_shape=False)),
-                  ("bench_rollout", lambda: bench_rollout("qwen2.5-1.5b", 64, 256, 256, engines=("graph",),
-                                                          repeats=1, log=lambda m: print(m, flush=True))),
-                  ("variant_matmul", lambda: graph_variant(attention="matmul"))]
-        args.round2 = True
-    elif args.round2:
-        stages = [("equivalence_quick", lambda: equivalence(("hybrid", "discrete", "hidden"), ("eager", "graph"),
-                                                            real_shape=False)),
-                  ("bench_rollout", lambda: bench_rollout("qwen2.5-1.5b", 64, 256, 256, engines=("eager", "graph"),
-                                                          repeats=1, log=lambda m: print(m, flush=True))),
-                  ("variant_matmul", lambda: graph_variant(attention="matmul")),
-                  ("variant_sampler_uncompiled", lambda: graph_variant(compile_sampler=False)),
-                  ("equivalence_matmul", lambda: _with_matmul(lambda: equivalence(
-                      ("hybrid",), ("eager", "graph"), real_shape=False))),
-                  ("profile_eager_step", profile_eager_step),
-                  ("variant_max_autotune", lambda: graph_variant(compile_mode="max-autotune-no-cudagraphs"))]
-    elif not args.skip_equivalence:
-        stages.append(("equivalence", equivalence))
-    if not args.round2:
-        stages += [("bench_rollout", lambda: bench_rollout("qwen2.5-1.5b", 64, 256, 256, repeats=1,
-                                                        log=lambda m: print(m, flush=True))),
-               ("bench_train", lambda: bench_train("qwen2.5-1.5b", 8, 1024, 1024))]
-    if not args.skip_profile and not args.round2:
-        stages.append(("profile", profile))
-    if not args.round2:
-        stages.append(("bench_rollout_embedded", lambda: bench_rollout("embedded", 8, 64, 64, repeats=1)))
-    for name, fn in stages:
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    stages = {
+        "equivalence": equivalence,
+        "breakdown": lambda: breakdown(args.group, args.lora_r, tuple(args.modes.split(","))),
+        "profile_step": lambda: profile_step(args.group, args.lora_r),
+        "bench_rollout": lambda: bench_rollout(SHAPE, BATCH, PROMPT, NEW, engines=("graph",), repeats=2, log=log,
+                                               baselines=tuple(b for b in args.baselines.split(",") if b),
+                                               lora_r=args.lora_r, group=args.group),
+        "bench_train": lambda: bench_train(SHAPE, 8, 1024, 1024),
+        "bench_rollout_embedded": lambda: bench_rollout("embedded", 8, 64, 64, repeats=1),
+    }
+    for name in args.stages.split(","):
         t = time.perf_counter()
         try:
-            result = fn()
+            result = stages[name]()
         except Exception as err:  # keep going: later stages still report
             result = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
         result["stage_seconds"] = time.perf_counter() - t
-        (out / f"{name}.json").write_text(json.dumps(result, indent=2))
-        print(f"== {name} ({result['stage_seconds']:.0f} s)\n{json.dumps(result)[:3000]}", flush=True)
-        _GRAPHS.clear()
+        result["options"] = dataclasses.asdict(fr.OPTIONS)
+        tag = f"_{args.tag}" if args.tag else ""
+        (out / f"{name}{tag}.json").write_text(json.dumps(result, indent=2))
+        print(f"== {name}{tag} ({result['stage_seconds']:.0f} s)\n{json.dumps(result)[:1500]}", flush=True)
+        fr._GRAPHS.clear()
         torch.cuda.empty_cache()
 
 

@@ -47,12 +47,22 @@ def shape_config(shape: str):
     return config
 
 
-def random_model(shape: str, dtype: torch.dtype, device: str):
-    """A random-init causal LM of ``shape`` in ``dtype`` on ``device`` (eval mode)."""
+def random_model(shape: str, dtype: torch.dtype, device: str, lora_r: int = 0):
+    """A random-init causal LM of ``shape`` in ``dtype`` on ``device`` (eval mode); with ``lora_r`` > 0 wrapped in
+    a LoRA adapter of that rank on every projection, as in training, its B matrices randomised so that the
+    adapter is not a no-op."""
     from transformers import AutoModelForCausalLM
 
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(shape_config(shape), dtype=dtype)
+    if lora_r:
+        from .models import add_lora
+
+        model = add_lora(model, lora_r, 2 * lora_r)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0.0, 1e-3)
     return model.eval()
 
 
@@ -86,31 +96,28 @@ def peak_memory_gb(device: str) -> float:
 def bench_rollout(shape: str = "qwen2.5-1.5b", batch: int = 64, prompt_len: int = 256, new_tokens: int = 256,
                   engines: tuple[str, ...] | None = None, baselines: tuple[str, ...] | None = None,
                   dtype: str = "bfloat16", device: str | None = None, repeats: int = 2, log=None,
-                  lora_r: int = 0) -> dict:
+                  lora_r: int = 0, group: int = 1) -> dict:
     """Time hybrid and discrete rollouts on each engine and HF ``generate`` baselines; returns a JSON-able dict.
 
     ``lora_r`` > 0 wraps the model in a LoRA adapter of that rank on all projections (as in training; its
-    B matrices are randomised so the adapter is not a no-op) for every entry, baselines included.
+    B matrices are randomised so the adapter is not a no-op) for every entry, baselines included. ``group`` > 1
+    gives every run of ``group`` rows the same prompt (G completions per question, as in training); our engines
+    then prefill each distinct prompt once, HF generate prefills every row.
 
     Each entry has seconds (best of ``repeats``), first_call_s (compilation and capture included), steps_per_s
     (decode steps per second) and new_tokens_per_s; ``ratios`` divides the fast hybrid steps/s by each other
     entry's.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if group < 1 or batch % group:
+        raise ConfigError(f"--group {group} must be >= 1 and divide --batch {batch}")
     on_cuda = device.startswith("cuda")
     engines = engines or (("eager", "static", "graph") if on_cuda else ("eager", "static"))
     baselines = baselines or (("hf_dynamic", "hf_static") if on_cuda else ("hf_dynamic",))
-    model = random_model(shape, getattr(torch, dtype), device)
-    if lora_r:
-        from .models import add_lora
-
-        model = add_lora(model, lora_r, 2 * lora_r).eval()
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(0.0, 1e-3)
+    model = random_model(shape, getattr(torch, dtype), device, lora_r)
     vocab, hidden = model.get_input_embeddings().weight.shape
-    ids = torch.randint(10, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(0)).to(device)
+    prompts = torch.randint(10, vocab, (batch // group, prompt_len), generator=torch.Generator().manual_seed(0))
+    ids = prompts.repeat_interleave(group, dim=0).to(device)
     mask = torch.ones_like(ids)
     matcher = MarkerMatcher(["x"], "####", vocab)
     gate = HybridGate(hidden).to(device)
@@ -120,7 +127,7 @@ def bench_rollout(shape: str = "qwen2.5-1.5b", batch: int = 64, prompt_len: int 
     def ours(engine: str, mode: str):
         return lambda: generate(model, ids, mask, sampling, gate=gate if mode == "hybrid" else None,
                                 matcher=matcher, eos_token_ids=[-1], pad_token_id=0, row_seeds=seeds, mode=mode,
-                                engine=engine)
+                                engine=engine, group_size=group)
 
     def hf(cache: str):
         extra = {"cache_implementation": "static"} if cache == "static" else {}
@@ -149,7 +156,7 @@ def bench_rollout(shape: str = "qwen2.5-1.5b", batch: int = 64, prompt_len: int 
               for name, r in results.items() if name != fast}
     hybrid_cost = {e: results[f"hybrid_{e}"]["seconds"] / results[f"discrete_{e}"]["seconds"] - 1 for e in engines}
     return {**_header(shape, dtype, device), "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
-            "lora_r": lora_r, "results": results, "fast": fast, "ratios": ratios,
+            "lora_r": lora_r, "group": group, "results": results, "fast": fast, "ratios": ratios,
             "hybrid_cost_over_discrete": hybrid_cost, "peak_memory_gb": peak_memory_gb(device)}
 
 
@@ -205,6 +212,7 @@ def rollout_table(report: dict) -> str:
     """A Markdown table of a :func:`bench_rollout` report."""
     fast = report["fast"]
     lora = f", LoRA r{report['lora_r']}" if report.get("lora_r") else ", no adapter"
+    lora += f", {report['group']} rows per prompt" if report.get("group", 1) > 1 else ""
     lines = [f"{report['device']} | {report['shape']} {report['dtype']} | batch {report['batch']}, prompt "
              f"{report['prompt_len']}, {report['new_tokens']} new tokens{lora}", "",
              "| run | steps/s | new tokens/s | first call s | fast hybrid / this |", "|---|---:|---:|---:|---:|"]

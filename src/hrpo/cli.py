@@ -126,6 +126,9 @@ def _bench_parser(sub) -> None:
     p.add_argument("--engines", default=None, help="Comma list of rollout engines (default: eager,static[,graph]).")
     p.add_argument("--baselines", default=None,
                    help="Comma list: hf_dynamic, hf_static (default: both on CUDA, hf_dynamic on CPU).")
+    p.add_argument("--group", type=int, default=1,
+                   help="rollout: rows per distinct prompt (G completions share one prompt, as in training; our "
+                        "engines prefill it once; default: %(default)s, every row its own prompt).")
     p.add_argument("--lora-r", type=int, default=0,
                    help="rollout: wrap the model in a LoRA adapter of this rank, as in training (default: none).")
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="train: keep all activations.")
@@ -278,7 +281,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "rollout":
         report = bench_rollout(args.shape, args.batch or 64, args.prompt_len or 256, args.new_tokens or 256,
                                engines=split(args.engines), baselines=split(args.baselines), dtype=args.dtype,
-                               device=args.device, repeats=args.repeats, log=log, lora_r=args.lora_r)
+                               device=args.device, repeats=args.repeats, log=log, lora_r=args.lora_r,
+                               group=args.group)
         print(json.dumps(report, indent=2) if args.json else rollout_table(report))
     else:
         report = bench_train(args.shape, args.batch or 8, args.prompt_len or 1024, args.new_tokens or 1024,

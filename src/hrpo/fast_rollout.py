@@ -512,6 +512,12 @@ def _compiled(fn):
     return torch.compile(fn, dynamic=False, mode=OPTIONS.compile_mode)
 
 
+def step_functions(compile_layers: bool, compile_sampler: bool):
+    """(layer_fn, sampler) for :func:`decode_step`, each compiled or not."""
+    layer_fn = make_layer(_compiled(attention_inputs), _compiled(layer_output)) if compile_layers else decoder_layer
+    return layer_fn, (_compiled(next_inputs) if compile_sampler else next_inputs)
+
+
 def _capture_once(model, weights: DecodeWeights, spec: StepSpec, key, batch, cache_len, compile_layers: bool,
                   compile_sampler: bool) -> GraphEngine:
     modules = model_modules(model)
@@ -519,8 +525,7 @@ def _capture_once(model, weights: DecodeWeights, spec: StepSpec, key, batch, cac
     state = allocate_state(weights, batch, cache_len, spec.max_new, embed.weight.shape[1],
                            weights.lm_head.shape[0], spec.mode != "discrete", embed.weight.dtype,
                            embed.weight.device)
-    layer_fn = make_layer(_compiled(attention_inputs), _compiled(layer_output)) if compile_layers else decoder_layer
-    sampler = _compiled(next_inputs) if compile_sampler else next_inputs
+    layer_fn, sampler = step_functions(compile_layers, compile_sampler)
     state.valid[:, 0] = True
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())

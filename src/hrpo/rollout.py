@@ -234,8 +234,10 @@ def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig, uniforms: torc
     """
     scores = logits.float() / sampling.temperature
     k = kept_count(sampling, scores.shape[-1])
-    kept_scores, kept_ids = scores.topk(k, dim=-1)  # sorted, descending
-    kept_probs = torch.softmax(kept_scores, dim=-1)
+    # select in the logits' own dtype (same order as the fp32 scores: dividing by T > 0 is monotonic and keeps
+    # distinct bf16 values distinct), then upcast only the k kept ones; a 16-bit radix select is half the passes
+    kept_logits, kept_ids = logits.topk(k, dim=-1)  # sorted, descending
+    kept_probs = torch.softmax(kept_logits.float() / sampling.temperature, dim=-1)
     if sampling.top_p < 1.0:
         before = kept_probs.cumsum(dim=-1) - kept_probs
         kept_probs = kept_probs.masked_fill(before > sampling.top_p, 0.0)
