@@ -4,9 +4,9 @@ Same semantics as the eager loop in :mod:`hrpo.rollout` (same sampling noise per
 latents, gate and log-probs); only the decode machinery differs:
 
 * the decoder layers of Llama-family models (llama, qwen2, qwen3, mistral) run from private fused copies of
-  their weights (q/k/v and gate/up concatenated into one GEMM each, the active LoRA adapters kept as a separate
-  low-rank path computed in the adapters' dtype, as peft does; refreshed every call), read through public
-  module attributes; nothing in transformers or peft is patched;
+  their weights (q/k/v and gate/up concatenated into one GEMM each; the active LoRA adapters' A matrices stacked
+  under W in the same GEMM and their B applied in its fp32 epilogue, never merged into W; refreshed every call),
+  read through public module attributes; nothing in transformers or peft is patched;
 * keys and values live in a pre-allocated (B, kv_heads, L, head_dim) cache per layer; a decode step writes
   slot P + t and attends over the whole cache with a (B, L) validity mask; grouped-query attention folds the
   query heads of one KV head into the query axis instead of repeating keys and values;
@@ -30,6 +30,7 @@ from .rollout import (MarkerMatcher, Rollout, SamplingConfig, fed_back_vectors, 
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 CACHE_BUCKET = 128  # cache lengths are rounded up to a multiple of this, so one graph serves many prompt lengths
+ATTEND_BUCKET = 64  # the CUDA graph engine captures one graph per attended length, a multiple of this
 SYNC_EVERY = 16  # graph replays between host checks for "every row finished"
 
 
@@ -117,37 +118,45 @@ def linear_parts(module) -> LinearParts:
 
 
 def fuse(parts: list[LinearParts], name: str) -> dict[str, torch.Tensor | None]:
-    """One linear layer equivalent to ``parts`` side by side (outputs concatenated): weights and biases
-    concatenated, LoRA A stacked and LoRA B block-diagonal."""
+    """One linear layer equivalent to ``parts`` side by side (outputs concatenated), LoRA folded in for speed.
+
+    ``name``: the base weights concatenated, then every LoRA A stacked below them (out + R, in), so one GEMM
+    gives both x W^T and x A^T; ``name_bias``: the biases (zeros for the A rows); ``name_lora_b``: the B matrices
+    times their scaling, block-diagonal (out, R). All in the base weights' dtype: A and B rounded to bf16 change
+    the update by ~2^-8 of itself, far below the bf16 step of the output it is added to (a LoRA update merged
+    into a bf16 W instead mostly rounds away; see :func:`linear_parts`).
+    """
     weight = torch.cat([p.weight for p in parts])
-    out = {name: weight, f"{name}_bias": None, f"{name}_lora_a": None, f"{name}_lora_b": None}
-    if any(p.bias is not None for p in parts):
-        out[f"{name}_bias"] = torch.cat([p.bias if p.bias is not None else weight.new_zeros(p.weight.shape[0])
-                                         for p in parts])
     lora = [p for p in parts if p.lora_a is not None]
+    rank = sum(p.lora_a.shape[0] for p in lora)
+    out = {name: weight, f"{name}_bias": None, f"{name}_lora_b": None}
     if lora:
-        out[f"{name}_lora_a"] = torch.cat([p.lora_a for p in lora])
-        blocks = torch.zeros(weight.shape[0], sum(p.lora_a.shape[0] for p in lora), dtype=lora[0].lora_b.dtype,
-                             device=weight.device)
+        out[name] = torch.cat([weight] + [p.lora_a.to(weight.dtype) for p in lora])
+        blocks = weight.new_zeros(weight.shape[0], rank)
         row = col = 0
         for p in parts:
             if p.lora_a is not None:
-                rank = p.lora_a.shape[0]
-                blocks[row:row + p.weight.shape[0], col:col + rank] = p.lora_b
-                col += rank
+                blocks[row:row + p.weight.shape[0], col:col + p.lora_a.shape[0]] = p.lora_b
+                col += p.lora_a.shape[0]
             row += p.weight.shape[0]
         out[f"{name}_lora_b"] = blocks
+    if any(p.bias is not None for p in parts):
+        out[f"{name}_bias"] = torch.cat([p.bias if p.bias is not None else weight.new_zeros(p.weight.shape[0])
+                                         for p in parts] + [weight.new_zeros(rank)])
     return out
 
 
 def project(x: torch.Tensor, w: dict, name: str) -> torch.Tensor:
-    """The fused linear ``name`` of :func:`fuse` on x, as peft computes it: base in x's dtype, LoRA in the
-    adapters' dtype, summed and cast back to x's dtype."""
+    """The fused linear ``name`` of :func:`fuse` on x (..., in) -> (..., out): one GEMM for x W^T + b and
+    t = x A^T, then x W^T + b + t B^T accumulated in fp32 and rounded once (addmm)."""
     y = F.linear(x, w[name], w[f"{name}_bias"])
-    a = w[f"{name}_lora_a"]
-    if a is None:
+    b = w[f"{name}_lora_b"]
+    if b is None:
         return y
-    return (y + F.linear(F.linear(x.to(a.dtype), a), w[f"{name}_lora_b"])).to(x.dtype)
+    rank = b.shape[1]
+    y, t = y.split([y.shape[-1] - rank, rank], dim=-1)
+    shape = y.shape
+    return torch.addmm(y.reshape(-1, shape[-1]), t.reshape(-1, rank), b.t()).view(shape)
 
 
 @dataclass
@@ -263,8 +272,11 @@ def grouped_attention(q, keys, values, mask, scale: float) -> torch.Tensor:
     return out.reshape(batch, heads, length, dim)
 
 
-def attention_inputs(x, w: dict, cos, sin, dims: DecodeWeights):
-    """x (B, Q, H) -> rotated q (B, Hq, Q, D), rotated k and v (B, Hkv, Q, D) of one layer."""
+def attention_inputs(x, delta, w: dict, cos, sin, dims: DecodeWeights):
+    """x (B, Q, H) plus the previous layer's MLP output ``delta`` (None for the first layer) -> (the residual
+    stream x + delta, rotated q (B, Hq, Q, D), this layer's new keys and values stacked (2, B, Hkv, Q, D))."""
+    if delta is not None:  # the previous layer's last residual add, fused here with this layer's norm
+        x = x + delta
     batch, length, _ = x.shape
     nh, nkv, hd = dims.num_heads, dims.num_kv_heads, dims.head_dim
     h = rms_norm(x, w["input_norm"], dims.eps)
@@ -272,29 +284,34 @@ def attention_inputs(x, w: dict, cos, sin, dims: DecodeWeights):
     q, k, v = q.view(batch, length, nh, hd), k.view(batch, length, nkv, hd), v.view(batch, length, nkv, hd)
     if w["q_norm"] is not None:
         q, k = rms_norm(q, w["q_norm"], dims.eps), rms_norm(k, w["k_norm"], dims.eps)
-    return rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin), v.transpose(1, 2)
+    fresh = torch.stack([rotate(k.transpose(1, 2), cos, sin), v.transpose(1, 2)])
+    return x, rotate(q.transpose(1, 2), cos, sin), fresh
 
 
-def layer_output(x, q, w: dict, keys, values, mask, dims: DecodeWeights, act):
-    """Attention of q over the cache, output projection, residual, MLP, residual -> (B, Q, H)."""
+def layer_output(x, attn, w: dict, dims: DecodeWeights, act):
+    """x (B, Q, H) and the attention output (B, Hq, Q, D) -> (x + o(attn), the MLP's output on it); the MLP's
+    residual add is left to the next layer (or the final norm)."""
     batch, length, _ = x.shape
-    attn = grouped_attention(q, keys, values, mask, dims.scaling)
     x = x + project(attn.transpose(1, 2).reshape(batch, length, -1), w, "o")
     h = rms_norm(x, w["post_norm"], dims.eps)
     gate, up = project(h, w, "gate_up").chunk(2, dim=-1)
-    return x + project(act(gate) * up, w, "down")
+    return x, project(act(gate) * up, w, "down")
 
 
 def make_layer(pre=attention_inputs, post=layer_output):
-    """A decoder layer from its two halves (either may be compiled). The cache write between them stays outside
-    the compiler: compiled in-place writes to a graph input copied the whole cache each step."""
+    """A decoder layer from its two halves (either may be compiled). The cache write and the attention between
+    them stay outside the compiler: compiled in-place writes to a graph input copied the whole cache each step,
+    and the attended length may then differ between captured graphs without a recompilation."""
 
-    def layer(x, w: dict, keys, values, slots, mask, cos, sin, dims: DecodeWeights, act):
-        """One decoder layer on x (B, Q, H); writes its keys/values for the Q positions at cache ``slots`` (Q,)."""
-        q, k, v = pre(x, w, cos, sin, dims)
-        keys.index_copy_(2, slots, k)
-        values.index_copy_(2, slots, v)
-        return post(x, q, w, keys, values, mask, dims, act)
+    def layer(x, delta, w: dict, kv, slots, mask, cos, sin, dims: DecodeWeights, act):
+        """One decoder layer on x + delta (B, Q, H) -> (x', delta'). Writes its keys/values for the Q positions
+        at cache ``slots`` (Q,) of ``kv`` (2, B, Hkv, L, D), then attends over its first ``mask.shape[-1]``
+        positions."""
+        x, q, fresh = pre(x, delta, w, cos, sin, dims)
+        kv.index_copy_(3, slots, fresh)
+        length = mask.shape[-1]
+        attn = grouped_attention(q, kv[0, :, :, :length], kv[1, :, :, :length], mask, dims.scaling)
+        return post(x, attn, w, dims, act)
 
     return layer
 
@@ -316,14 +333,16 @@ def model_modules(model) -> Modules:
     return Modules(embed=model.get_input_embeddings(), rotary=decoder.rotary_emb, act=decoder.layers[0].mlp.act_fn)
 
 
-def forward(x, positions, slots, mask, weights: DecodeWeights, modules: Modules, keys, values, layer_fn=decoder_layer):
-    """x (B, Q, H) at ``positions`` (B, Q) written to cache ``slots`` (Q,), attending where ``mask`` (B, 1, Q, L)
-    is true -> (last logits (B, V), last normed hidden (B, H))."""
+def forward(x, positions, slots, mask, weights: DecodeWeights, modules: Modules, kv, layer_fn=decoder_layer):
+    """x (B, Q, H) at ``positions`` (B, Q) written to cache ``slots`` (Q,) of each layer's ``kv`` (2, B, Hkv, L, D),
+    attending where ``mask`` (B, 1, Q, A) is true over the first A cache positions -> (last logits (B, V), last
+    normed hidden (B, H))."""
     cos, sin = modules.rotary(x, positions)
     mask = fold_mask(mask, weights.num_heads // weights.num_kv_heads, x.dtype)
+    delta = None
     for i, w in enumerate(weights.tensors):
-        x = layer_fn(x, w, keys[i], values[i], slots, mask, cos, sin, weights, modules.act)
-    hidden = rms_norm(x[:, -1], weights.final_norm, weights.eps)
+        x, delta = layer_fn(x, delta, w, kv[i], slots, mask, cos, sin, weights, modules.act)
+    hidden = rms_norm(x[:, -1] + delta[:, -1], weights.final_norm, weights.eps)
     return F.linear(hidden, weights.lm_head), hidden
 
 
@@ -334,8 +353,7 @@ def forward(x, positions, slots, mask, weights: DecodeWeights, modules: Modules,
 class DecodeState:
     """Every tensor one decode step reads or writes (fixed addresses, so a CUDA graph can replay the step)."""
 
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
+    kv: list[torch.Tensor]  # per layer (2, B, Hkv, L, D): keys and values
     valid: torch.Tensor  # (B, L) bool: cache slots a query may attend to
     logits: torch.Tensor  # (B, V) logits of the latest forward
     hidden: torch.Tensor  # (B, H) its last normed hidden state
@@ -355,12 +373,10 @@ class DecodeState:
 
 def allocate_state(weights: DecodeWeights, batch: int, cache_len: int, max_new: int, hidden_size: int,
                    vocab: int, latents: bool, dtype, device) -> DecodeState:
-    kv = (batch, weights.num_kv_heads, cache_len, weights.head_dim)
-    n = len(weights.tensors)
+    kv = (2, batch, weights.num_kv_heads, cache_len, weights.head_dim)
     zeros = lambda *shape, **kw: torch.zeros(*shape, device=device, **kw)  # noqa: E731
     return DecodeState(
-        keys=[zeros(*kv, dtype=dtype) for _ in range(n)],
-        values=[zeros(*kv, dtype=dtype) for _ in range(n)],
+        kv=[zeros(*kv, dtype=dtype) for _ in weights.tensors],
         valid=zeros(batch, cache_len, dtype=torch.bool),
         logits=zeros(batch, vocab, dtype=dtype),
         hidden=zeros(batch, hidden_size, dtype=dtype),
@@ -432,13 +448,14 @@ def next_inputs(state: DecodeState, spec: StepSpec, embed) -> torch.Tensor:
 
 
 def decode_step(state: DecodeState, spec: StepSpec, weights: DecodeWeights, modules: Modules, layer_fn,
-                sampler=next_inputs) -> None:
-    """One full step t: sample, record, build the next input (gated in the thinking span), forward it."""
+                sampler=next_inputs, attend: int | None = None) -> None:
+    """One full step t: sample, record, build the next input (gated in the thinking span), forward it,
+    attending over the first ``attend`` cache slots (default all; must cover slot P + t)."""
     inputs = sampler(state, spec, modules.embed)
     slot = (state.prompt_len + state.step).view(1)
     state.valid.index_fill_(1, slot, True)
-    logits, hidden = forward(inputs, state.positions, slot, state.valid[:, None, None],
-                             weights, modules, state.keys, state.values, layer_fn)
+    logits, hidden = forward(inputs, state.positions, slot, state.valid[:, None, None, :attend],
+                             weights, modules, state.kv, layer_fn)
     state.logits.copy_(logits)
     state.hidden.copy_(hidden)
     state.positions.add_(1)
@@ -456,15 +473,14 @@ def prefill(state: DecodeState, prompt_ids, prompt_mask, group: int, weights: De
     n, device = ids.shape[0], ids.device
     causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
     attend = (causal[None] & mask[:, None, :]) | torch.eye(length, dtype=torch.bool, device=device)[None]
-    kv_shape = (n, weights.num_kv_heads, length, weights.head_dim)
-    dtype = state.keys[0].dtype
-    keys = [torch.empty(kv_shape, dtype=dtype, device=device) for _ in weights.tensors]
-    values = [torch.empty(kv_shape, dtype=dtype, device=device) for _ in weights.tensors]
+    kv_shape = (2, n, weights.num_kv_heads, length, weights.head_dim)
+    prompt_kv = [torch.empty(kv_shape, dtype=state.kv[0].dtype, device=device) for _ in weights.tensors]
     slots = torch.arange(length, device=device)
-    logits, hidden = forward(modules.embed(ids), positions, slots, attend[:, None], weights, modules, keys, values)
-    for cache, fresh in zip(state.keys + state.values, keys + values):
-        cache[:, :, :length].copy_(fresh.repeat_interleave(group, dim=0))
-        cache[:, :, length:].zero_()
+    logits, hidden = forward(modules.embed(ids), positions, slots, attend[:, None], weights, modules, prompt_kv)
+    for cache, fresh in zip(state.kv, prompt_kv):
+        grouped = cache.view(2, n, group, *cache.shape[2:])  # rows of one prompt side by side
+        grouped[..., :length, :].copy_(fresh[:, :, None])
+        cache[..., length:, :].zero_()
     state.valid.zero_()
     state.valid[:, :length].copy_(prompt_mask.bool())
     state.logits.copy_(logits.repeat_interleave(group, dim=0))
@@ -490,14 +506,19 @@ def reset_outputs(state: DecodeState, row_seeds: torch.Tensor) -> None:
 
 @dataclass
 class GraphEngine:
-    """A captured CUDA graph of :func:`decode_step` with the buffers it replays on."""
+    """Captured CUDA graphs of :func:`decode_step`, one per attended length (a multiple of
+    :data:`ATTEND_BUCKET` up to the cache length), with the buffers they replay on."""
 
     key: tuple
     weights: DecodeWeights
     state: DecodeState
     spec: StepSpec
-    graph: torch.cuda.CUDAGraph
+    graphs: dict[int, torch.cuda.CUDAGraph]
     compiled: str  # what ran compiled: "layers+sampler", "layers" or "none"
+
+    def replay(self, filled: int) -> None:
+        """One decode step when cache slots [0, filled) will be written (prompt + this step's input)."""
+        self.graphs[attend_length(filled, max(self.graphs))].replay()
 
 
 _GRAPHS: dict[int, GraphEngine] = {}  # one captured engine per model (the latest shape)
@@ -527,19 +548,22 @@ def _capture_once(model, weights: DecodeWeights, spec: StepSpec, key, batch, cac
                            embed.weight.device)
     layer_fn, sampler = step_functions(compile_layers, compile_sampler)
     state.valid[:, 0] = True
+    lengths = sorted({attend_length(n, cache_len) for n in range(1, cache_len + 1)})
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):  # warm-up: compile, autotune, allocate
+    with torch.cuda.stream(side):  # warm-up: compile, autotune, allocate; attention plans for every length
+        for attend in [cache_len] * 2 + lengths:
             state.step.zero_()
-            decode_step(state, spec, weights, modules, layer_fn, sampler)
+            decode_step(state, spec, weights, modules, layer_fn, sampler, attend)
     torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    state.step.zero_()
-    with torch.cuda.graph(graph):
-        decode_step(state, spec, weights, modules, layer_fn, sampler)
+    graphs, pool = {}, torch.cuda.graph_pool_handle()  # one memory pool: the graphs never run at once
+    for attend in lengths:
+        graphs[attend] = torch.cuda.CUDAGraph()
+        state.step.zero_()
+        with torch.cuda.graph(graphs[attend], pool=pool):
+            decode_step(state, spec, weights, modules, layer_fn, sampler, attend)
     compiled = "+".join(n for n, on in (("layers", compile_layers), ("sampler", compile_sampler)) if on) or "none"
-    return GraphEngine(key=key, weights=weights, state=state, spec=spec, graph=graph, compiled=compiled)
+    return GraphEngine(key=key, weights=weights, state=state, spec=spec, graphs=graphs, compiled=compiled)
 
 
 def _capture(model, weights: DecodeWeights, spec: StepSpec, key, batch, cache_len) -> GraphEngine:
@@ -579,6 +603,12 @@ def _bucket(length: int) -> int:
     return int(math.ceil(length / CACHE_BUCKET) * CACHE_BUCKET)
 
 
+def attend_length(filled: int, cache_len: int) -> int:
+    """Cache slots a graph attends over when [0, filled) hold keys: ``filled`` rounded up to a multiple of
+    :data:`ATTEND_BUCKET`, at most ``cache_len`` (attention reads only as much of the cache as is in use)."""
+    return min(cache_len, int(math.ceil(filled / ATTEND_BUCKET) * ATTEND_BUCKET))
+
+
 @torch.no_grad()
 def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampling: SamplingConfig, *,
                   gate: HybridGate | None, matcher: MarkerMatcher | None, eos_token_ids: list[int],
@@ -604,12 +634,14 @@ def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sa
     if engine == "graph":
         graph_engine = _graph_engine(model, spec, batch, _bucket(length + max_new))
         state, weights = graph_engine.state, graph_engine.weights
-        step_fn, sync_every = graph_engine.graph.replay, SYNC_EVERY
+        step_fn = lambda t: graph_engine.replay(length + t + 1)  # noqa: E731
+        sync_every = sync_every or SYNC_EVERY
     else:
         weights = decode_weights(model)
         state = allocate_state(weights, batch, length + max_new, max_new, modules.embed.weight.shape[1],
                                weights.lm_head.shape[0], mode != "discrete", modules.embed.weight.dtype, device)
-        step_fn = lambda: decode_step(state, spec, weights, modules, decoder_layer)  # noqa: E731
+        step_fn = lambda t: decode_step(state, spec, weights, modules, decoder_layer,  # noqa: E731
+                                        attend=length + t + 1)
         sync_every = sync_every or 1
     prefill(state, prompt_ids, prompt_mask, group, weights, modules)
     reset_outputs(state, row_seeds)
@@ -621,7 +653,7 @@ def run_steps(state: DecodeState, spec: StepSpec, modules: Modules, step_fn, syn
     """Run ``step_fn`` (one :func:`decode_step`) up to N - 1 times, checking every ``sync_every`` steps whether
     all rows finished, then sample the last column (never fed back) unless they all did."""
     for t in range(spec.max_new - 1):
-        step_fn()
+        step_fn(t)
         if (t + 1) % sync_every == 0 and bool(state.finished.all()):
             return
     if not bool(state.finished.all()):
