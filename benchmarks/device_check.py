@@ -5,6 +5,7 @@
 
 Stages (each writes ``<stage>[_<tag>].json`` to --out as soon as it ends, and keeps going after an error):
 
+* kernel: the split-KV decode attention kernel vs fp64 attention and SDPA (error, time per call).
 * equivalence: tiny random Llama/Qwen2 models in fp32, hybrid/discrete/hidden, with sampled "EOS" tokens so rows
   end early: eager vs graph (same row seeds -> same tokens; latents and log-probs within 1e-4).
 * breakdown: Qwen2.5-1.5B shape, batch 64, prompt 256, 256 new tokens on the graph engine: a whole call, the
@@ -92,6 +93,39 @@ def equivalence(modes=("hybrid", "discrete", "hidden"), engines=("eager", "graph
             report[f"{arch}/{mode}"] = entry
         fr._GRAPHS.clear()
     report["all_equal"] = ok
+    return report
+
+
+def kernel() -> dict:
+    """The split-KV decode attention kernel against fp64 attention and SDPA at the real decode shape (batch 64,
+    2 KV heads x 6 query heads, head dim 128, 320 of 384 cache slots, left padding and unwritten slots), and
+    the time of one call of each."""
+    from hrpo import decode_attention as da
+
+    batch, kv_heads, group, dim, cache_len, n_keys = 64, 2, 6, 128, 384, 320
+    g = torch.Generator(device="cuda").manual_seed(0)
+    report = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        cache = torch.randn(2, batch, kv_heads, cache_len, dim, device="cuda", dtype=dtype, generator=g)
+        q = torch.randn(batch, kv_heads * group, 1, dim, device="cuda", dtype=dtype, generator=g)
+        valid = torch.ones(batch, cache_len, dtype=torch.bool, device="cuda")
+        valid[::3, :100] = False
+        valid[:, 300:] = False
+        keys, values, mask = cache[0, :, :, :n_keys], cache[1, :, :, :n_keys], valid[:, :n_keys]
+        scale = dim ** -0.5
+        k = keys.double().repeat_interleave(group, dim=1)
+        v = values.double().repeat_interleave(group, dim=1)
+        scores = (q.double() @ k.transpose(-1, -2) * scale).masked_fill(~mask[:, None, None], float("-inf"))
+        reference = torch.softmax(scores, dim=-1) @ v
+        folded = fr.fold_mask(mask[:, None, None], group, dtype)
+        runs = {"triton": lambda: da.decode_attention(q, keys, values, mask, scale),
+                "sdpa": lambda: fr.grouped_attention(q, keys, values, folded, scale)}
+        for name, fn in runs.items():
+            out = fn()
+            error = float((out.double() - reference).abs().max() / reference.abs().max())
+            fn()
+            report[f"{name}_{str(dtype)[6:]}"] = {"max_rel_error": error, "us_per_call": 1000 * _event_ms(fn, 200)}
+    print(json.dumps(report), flush=True)
     return report
 
 
@@ -197,6 +231,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     log = lambda m: print(m, flush=True)  # noqa: E731
     stages = {
+        "kernel": kernel,
         "equivalence": equivalence,
         "breakdown": lambda: breakdown(args.group, args.lora_r, tuple(args.modes.split(","))),
         "profile_step": lambda: profile_step(args.group, args.lora_r),

@@ -112,8 +112,10 @@ def bench_rollout(shape: str = "qwen2.5-1.5b", batch: int = 64, prompt_len: int 
     if group < 1 or batch % group:
         raise ConfigError(f"--group {group} must be >= 1 and divide --batch {batch}")
     on_cuda = device.startswith("cuda")
-    engines = engines or (("eager", "static", "graph") if on_cuda else ("eager", "static"))
-    baselines = baselines or (("hf_dynamic", "hf_static") if on_cuda else ("hf_dynamic",))
+    if engines is None:
+        engines = ("eager", "static", "graph") if on_cuda else ("eager", "static")
+    if baselines is None:
+        baselines = ("hf_dynamic", "hf_static") if on_cuda else ("hf_dynamic",)
     model = random_model(shape, getattr(torch, dtype), device, lora_r)
     vocab, hidden = model.get_input_embeddings().weight.shape
     prompts = torch.randint(10, vocab, (batch // group, prompt_len), generator=torch.Generator().manual_seed(0))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .decode_attention import decode_attention, supports as supports_decode_kernel
 from .gate import HybridGate, thinking_inputs
 from .rollout import (MarkerMatcher, Rollout, SamplingConfig, fed_back_vectors, kept_count, position_ids_from_mask,
                       rollout_setup, row_uniforms, rows_repeat, sample_tokens)
@@ -239,13 +240,21 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 class GraphOptions:
     """How the CUDA-graph engine builds its step (module-level :data:`OPTIONS`; benchmarks compare variants)."""
 
-    attention: str = "sdpa"  # sdpa (F.scaled_dot_product_attention) or matmul (two matmuls + fp32 softmax)
+    # decode-step attention: auto (the split-KV Triton kernel of hrpo.decode_attention on CUDA, else sdpa),
+    # triton, sdpa (F.scaled_dot_product_attention) or matmul (two matmuls + fp32 softmax); prefill uses sdpa
+    attention: str = "auto"
     compile_layers: bool = True  # torch.compile the decoder layer (one compiled body shared by all layers)
     compile_sampler: bool = True  # torch.compile sampling + latent + gate
     compile_mode: str | None = None  # torch.compile mode, e.g. "max-autotune-no-cudagraphs"
 
 
 OPTIONS = GraphOptions()
+
+
+def use_decode_kernel(device: torch.device, head_dim: int) -> bool:
+    """Whether decode steps attend with :func:`hrpo.decode_attention.decode_attention` (see :data:`OPTIONS`)."""
+    wanted = OPTIONS.attention == "triton" or (OPTIONS.attention == "auto" and device.type == "cuda")
+    return wanted and supports_decode_kernel(head_dim)
 
 
 def fold_mask(mask: torch.Tensor, group: int, dtype) -> torch.Tensor:
@@ -310,7 +319,11 @@ def make_layer(pre=attention_inputs, post=layer_output):
         x, q, fresh = pre(x, delta, w, cos, sin, dims)
         kv.index_copy_(3, slots, fresh)
         length = mask.shape[-1]
-        attn = grouped_attention(q, kv[0, :, :, :length], kv[1, :, :, :length], mask, dims.scaling)
+        keys, values = kv[0, :, :, :length], kv[1, :, :, :length]
+        if mask.dim() == 2:  # (B, A) validity: one decode token per row, on the split-KV kernel
+            attn = decode_attention(q, keys, values, mask, dims.scaling)
+        else:
+            attn = grouped_attention(q, keys, values, mask, dims.scaling)
         return post(x, attn, w, dims, act)
 
     return layer
@@ -338,7 +351,10 @@ def forward(x, positions, slots, mask, weights: DecodeWeights, modules: Modules,
     attending where ``mask`` (B, 1, Q, A) is true over the first A cache positions -> (last logits (B, V), last
     normed hidden (B, H))."""
     cos, sin = modules.rotary(x, positions)
-    mask = fold_mask(mask, weights.num_heads // weights.num_kv_heads, x.dtype)
+    if x.shape[1] == 1 and use_decode_kernel(x.device, weights.head_dim):
+        mask = mask[:, 0, 0]
+    else:
+        mask = fold_mask(mask, weights.num_heads // weights.num_kv_heads, x.dtype)
     delta = None
     for i, w in enumerate(weights.tensors):
         x, delta = layer_fn(x, delta, w, kv[i], slots, mask, cos, sin, weights, modules.act)
@@ -575,11 +591,16 @@ def _capture(model, weights: DecodeWeights, spec: StepSpec, key, batch, cache_le
         try:
             return _capture_once(model, weights, spec, key, batch, cache_len, layers, sampler)
         except Exception as err:
+            torch.cuda.synchronize()
+            if use_decode_kernel(weights.lm_head.device, weights.head_dim):  # the kernel first, then the compiler
+                warnings.warn(f"CUDA-graph capture with the split-KV attention kernel failed ({type(err).__name__}: "
+                              f"{err}); using SDPA from now on")
+                OPTIONS.attention = "sdpa"
+                return _capture(model, weights, spec, key, batch, cache_len)
             if i == len(attempts) - 1:
                 raise
             warnings.warn(f"CUDA-graph capture with compiled layers={layers} sampler={sampler} failed "
                           f"({type(err).__name__}: {err}); retrying with less compiled")
-            torch.cuda.synchronize()
     raise AssertionError("unreachable")
 
 
