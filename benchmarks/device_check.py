@@ -9,7 +9,8 @@ Stages (each writes ``<stage>[_<tag>].json`` to --out as soon as it ends, and ke
 * equivalence: tiny random Llama/Qwen2 models in fp32, hybrid/discrete/hidden, with sampled "EOS" tokens so rows
   end early: eager vs graph (same row seeds -> same tokens; latents and log-probs within 1e-4).
 * breakdown: Qwen2.5-1.5B shape, batch 64, prompt 256, 256 new tokens on the graph engine: a whole call, the
-  prefill alone, one decode step alone (mean of the N - 1 graph replays of a rollout, device events) and the weight refresh.
+  prefill alone, one decode step alone (mean of the N - 1 graph replays of a rollout, device events) and the
+  weight refresh.
 * profile_step: kernel times of one compiled decode step launched without the graph (top kernels).
 * bench_rollout: `hrpo bench rollout` at that shape (graph engine and the HF generate baselines).
 * bench_train: `hrpo bench train`, the paper's GSM8K micro-batch (8 x (1024 + 1024), LoRA r32, checkpointing).

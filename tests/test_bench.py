@@ -6,17 +6,18 @@ from hrpo.cli import main
 
 
 def test_bench_rollout_json(tiny_model_dirs, capsys):
-    argv = ["bench", "rollout", "--shape", str(tiny_model_dirs["llama"]), "--batch", "2", "--prompt-len", "4",
+    argv = ["bench", "rollout", "--shape", str(tiny_model_dirs["llama"]), "--batch", "4", "--prompt-len", "4",
             "--new-tokens", "3", "--repeats", "1", "--dtype", "float32", "--engines", "eager,static",
-            "--lora-r", "4", "--json"]
+            "--lora-r", "4", "--group", "2", "--json"]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["results"]) == {"hybrid_eager", "discrete_eager", "hybrid_static", "discrete_static",
                                       "hf_dynamic"}
-    assert report["fast"] == "hybrid_static" and report["lora_r"] == 4 and report["device"] == "cpu"
+    assert report["fast"] == "hybrid_static" and report["lora_r"] == 4 and report["group"] == 2
+    assert report["device"] == "cpu"
     for name, run in report["results"].items():
         assert run["steps_per_s"] > 0
-        assert abs(run["new_tokens_per_s"] - 2 * run["steps_per_s"]) < 1e-6 * run["new_tokens_per_s"]
+        assert abs(run["new_tokens_per_s"] - 4 * run["steps_per_s"]) < 1e-6 * run["new_tokens_per_s"]
         if name != "hybrid_static":
             ratio = report["ratios"][f"hybrid_static_over_{name}"]
             assert abs(ratio - report["results"]["hybrid_static"]["steps_per_s"] / run["steps_per_s"]) < 1e-9
@@ -35,3 +36,9 @@ def test_bench_train_reports_memory(tiny_model_dirs, capsys):
 def test_bench_unknown_shape_is_a_clear_error(capsys):
     assert main(["bench", "rollout", "--shape", "no-such-shape"]) == 2
     assert "not a named shape" in capsys.readouterr().err
+
+
+def test_bench_group_must_divide_the_batch(tiny_model_dirs, capsys):
+    argv = ["bench", "rollout", "--shape", str(tiny_model_dirs["llama"]), "--batch", "4", "--group", "3"]
+    assert main(argv) == 2
+    assert "--group 3 must be >= 1 and divide --batch 4" in capsys.readouterr().err

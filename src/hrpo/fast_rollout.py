@@ -7,12 +7,14 @@ latents, gate and log-probs); only the decode machinery differs:
   their weights (q/k/v and gate/up concatenated into one GEMM each; the active LoRA adapters' A matrices stacked
   under W in the same GEMM and their B applied in its fp32 epilogue, never merged into W; refreshed every call),
   read through public module attributes; nothing in transformers or peft is patched;
-* keys and values live in a pre-allocated (B, kv_heads, L, head_dim) cache per layer; a decode step writes
-  slot P + t and attends over the whole cache with a (B, L) validity mask; grouped-query attention folds the
-  query heads of one KV head into the query axis instead of repeating keys and values;
-* one step (sample + latent + gate + forward) only reads and writes fixed buffers, so on CUDA it is compiled
-  with ``torch.compile`` and captured once as a CUDA graph per (batch, cache length); finished rows keep
-  stepping (masked), and the host checks "all finished" every few steps only.
+* keys and values live in a pre-allocated (2, B, kv_heads, L, head_dim) cache per layer; a decode step writes
+  slot P + t and attends over the first A slots (all filled ones) with a (B, A) validity mask; the query heads
+  of one KV head attend together (folded into the query axis for SDPA, one block of rows in the split-KV
+  kernel of :mod:`hrpo.decode_attention`, used on CUDA) instead of repeating keys and values;
+* one step (sample + latent + gate + forward) only reads and writes fixed buffers, so on CUDA its layer halves
+  and sampler are compiled with ``torch.compile`` and the step is captured as CUDA graphs per (batch, cache
+  length), one per attended length; finished rows keep stepping (masked), and the host checks "all finished"
+  every few steps only.
 """
 
 from __future__ import annotations
@@ -671,7 +673,7 @@ def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sa
 
 
 def run_steps(state: DecodeState, spec: StepSpec, modules: Modules, step_fn, sync_every: int) -> None:
-    """Run ``step_fn`` (one :func:`decode_step`) up to N - 1 times, checking every ``sync_every`` steps whether
+    """Run ``step_fn(t)`` (one :func:`decode_step`) for t < N - 1, checking every ``sync_every`` steps whether
     all rows finished, then sample the last column (never fed back) unless they all did."""
     for t in range(spec.max_new - 1):
         step_fn(t)
