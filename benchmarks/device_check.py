@@ -114,10 +114,7 @@ def kernel() -> dict:
         valid[:, 300:] = False
         keys, values, mask = cache[0, :, :, :n_keys], cache[1, :, :, :n_keys], valid[:, :n_keys]
         scale = dim ** -0.5
-        k = keys.double().repeat_interleave(group, dim=1)
-        v = values.double().repeat_interleave(group, dim=1)
-        scores = (q.double() @ k.transpose(-1, -2) * scale).masked_fill(~mask[:, None, None], float("-inf"))
-        reference = torch.softmax(scores, dim=-1) @ v
+        reference = da.reference_attention(q, keys, values, mask, scale)
         folded = fr.fold_mask(mask[:, None, None], group, dtype)
         runs = {"triton": lambda: da.decode_attention(q, keys, values, mask, scale),
                 "sdpa": lambda: fr.grouped_attention(q, keys, values, folded, scale)}

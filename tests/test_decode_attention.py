@@ -11,16 +11,6 @@ from hrpo import decode_attention as da
 pytestmark = pytest.mark.skipif(not da.available(), reason="triton is not installed")
 
 
-def _reference(q, keys, values, valid, scale):
-    """Plain attention in fp64, the query heads of one KV head taken in turn."""
-    group = q.shape[1] // keys.shape[1]
-    k = keys.double().repeat_interleave(group, dim=1)
-    v = values.double().repeat_interleave(group, dim=1)
-    scores = (q.double() @ k.transpose(-1, -2)) * scale
-    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
-    return torch.softmax(scores, dim=-1) @ v
-
-
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("dim", [16, 64])
 def test_decode_attention_matches_fp64_attention(dtype, tolerance, dim):
@@ -39,7 +29,7 @@ def test_decode_attention_matches_fp64_attention(dtype, tolerance, dim):
     scale = 1 / math.sqrt(dim)
     out = da.decode_attention(q, keys, values, valid, scale)
     assert out.shape == q.shape and out.dtype == dtype
-    expected = _reference(q, keys, values, valid, scale)
+    expected = da.reference_attention(q, keys, values, valid, scale)
     error = (out.double() - expected).abs().max() / expected.abs().max()
     assert error < tolerance
     torch.testing.assert_close(out[2].double(), values[2, :, 5].double().repeat_interleave(group, 0)[:, None],

@@ -149,3 +149,15 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
         partial, best, total, out, out.stride(0), out.stride(1), out.stride(2), kv_heads, group,
         SPLITS=splits, BLOCK_G=block_g, BLOCK_S=triton.next_power_of_2(splits), HEAD_DIM=dim)
     return out.view(batch, heads, 1, dim)
+
+
+def reference_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor,
+                        scale: float) -> torch.Tensor:
+    """What :func:`decode_attention` computes, in fp64 with plain ops (the oracle of its tests and GPU check):
+    same shapes in, (B, Hq, 1, D) fp64 out."""
+    group = q.shape[1] // keys.shape[1]
+    k = keys.double().repeat_interleave(group, dim=1)
+    v = values.double().repeat_interleave(group, dim=1)
+    scores = (q.double() @ k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
