@@ -171,7 +171,7 @@ def breakdown(group: int = 1, lora_r: int = 0, modes=("hybrid", "discrete")) -> 
         fr.reset_outputs(state, kw["row_seeds"])
         steps = iter(range(NEW - 1))  # the real schedule: the attended length grows with t
         step_ms = _event_ms(lambda: engine.replay(PROMPT + next(steps) + 1), NEW - 1)
-        weights_ms = _event_ms(lambda: fr.refresh_weights(engine.weights, fr.decode_weights(model)), 3)
+        weights_ms = _event_ms(lambda: fr.decode_weights(model, into=engine.weights), 3)
         report[mode] = {"compiled": engine.compiled, "first_call_s": first, "call_s": min(calls),
                         "steps_per_s": NEW / min(calls), "prefill_ms": prefill_ms, "step_ms": step_ms,
                         "decode_steps_per_s": 1000 / step_ms, "weight_refresh_ms": weights_ms,

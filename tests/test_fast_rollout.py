@@ -186,29 +186,66 @@ def test_a_row_samples_the_same_tokens_in_any_batch(engine, tiny_model_dirs, tok
     assert torch.equal(full.completion_ids[1, :n], alone.completion_ids[0, :n])
 
 
-def test_refresh_weights_copies_a_trained_adapter_in_place(lora_model):
-    """What the CUDA-graph engine does before each rollout: the captured buffers take the new LoRA values."""
-    from hrpo.fast_rollout import decode_weights, refresh_weights
+def _weights_equal(a, b):
+    for old, new in zip(a.tensors, b.tensors):
+        assert old.keys() == new.keys()
+        for key, value in new.items():
+            assert (value is None) == (old[key] is None), key
+            if value is not None:
+                assert torch.equal(old[key], value), key
+    assert torch.equal(a.final_norm, b.final_norm) and torch.equal(a.lm_head, b.lm_head)
+
+
+def test_decode_weights_into_rewrites_the_captured_tensors_in_place(lora_model):
+    """What the CUDA-graph engine does before each rollout: the tensors its graphs read take this call's weights
+    (a trained adapter, and any base weight or norm changed since), at unchanged addresses."""
+    from hrpo.fast_rollout import decode_weights, weights_signature
 
     captured = decode_weights(lora_model)
     pointers = [{k: v.data_ptr() for k, v in layer.items() if v is not None} for layer in captured.tensors]
-    lora_b = next(p for n, p in lora_model.named_parameters() if "lora_B" in n)
-    saved = lora_b.detach().clone()
+    named = dict(lora_model.named_parameters())
+    changed = [next(p for n, p in named.items() if "lora_B" in n),
+               next(p for n, p in named.items() if "gate_proj.base_layer" in n),
+               next(p for n, p in named.items() if "post_attention_layernorm" in n)]
+    saved = [p.detach().clone() for p in changed]
+    signature = weights_signature(lora_model)
     with torch.no_grad():
-        lora_b.add_(0.5)  # an optimizer step
+        for p in changed:
+            p.add_(0.5)  # an optimizer step
     try:
+        assert weights_signature(lora_model) == signature
         fresh = decode_weights(lora_model)
-        assert fresh.signature() == captured.signature()
         assert not all(torch.equal(a["qkv_lora_b"], b["qkv_lora_b"]) for a, b in zip(captured.tensors, fresh.tensors))
-        refresh_weights(captured, fresh)
-        for layer, new, ptrs in zip(captured.tensors, fresh.tensors, pointers):
-            assert {k: v.data_ptr() for k, v in layer.items() if v is not None} == ptrs
-            for key, value in new.items():
-                assert (value is None) == (layer[key] is None)
-                if value is not None:
-                    assert torch.equal(layer[key], value), key
+        assert not torch.equal(captured.tensors[0]["gate_up"], fresh.tensors[0]["gate_up"])
+        assert decode_weights(lora_model, into=captured) is captured
+        assert [{k: v.data_ptr() for k, v in layer.items() if v is not None} for layer in captured.tensors] == pointers
+        _weights_equal(captured, fresh)
     finally:
         with torch.no_grad():
-            lora_b.copy_(saved)
+            for p, value in zip(changed, saved):
+                p.copy_(value)
     with lora_model.disable_adapter():  # no adapter: a different signature, so the graph is captured again
-        assert decode_weights(lora_model).signature() != captured.signature()
+        assert weights_signature(lora_model) != signature
+
+
+def test_a_lone_plain_projection_is_read_from_the_parameter(tokenizer):
+    """Without an adapter, o and down (no partner to fuse with) are the parameters themselves: no copy, and an
+    in-place update is what the step reads; q/k/v and gate/up are fused copies, rewritten by ``into``."""
+    from hrpo.fast_rollout import decode_weights
+
+    model = build_tiny_model("qwen2", len(tokenizer))
+    layer = model.get_decoder().layers[0]
+    weights = decode_weights(model)
+    w = weights.tensors[0]
+    assert w["o"].data_ptr() == layer.self_attn.o_proj.weight.data_ptr()
+    assert w["down"].data_ptr() == layer.mlp.down_proj.weight.data_ptr()
+    assert w["qkv_bias"] is not None and w["qkv_lora_b"] is None  # qwen2: q/k/v biases, fused too
+    x = torch.randn(2, 3, layer.self_attn.q_proj.in_features)
+    with torch.no_grad():
+        layer.self_attn.k_proj.bias.add_(1.0)
+        layer.mlp.up_proj.weight.mul_(2.0)
+        decode_weights(model, into=weights)
+        expected = torch.cat([layer.self_attn.q_proj(x), layer.self_attn.k_proj(x), layer.self_attn.v_proj(x)], -1)
+        torch.testing.assert_close(project(x, w, "qkv"), expected)
+        torch.testing.assert_close(project(x, w, "gate_up"),
+                                   torch.cat([layer.mlp.gate_proj(x), layer.mlp.up_proj(x)], -1))

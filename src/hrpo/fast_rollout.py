@@ -3,10 +3,11 @@
 Same semantics as the eager loop in :mod:`hrpo.rollout` (same sampling noise per row seed, same thinking span,
 latents, gate and log-probs); only the decode machinery differs:
 
-* the decoder layers of Llama-family models (llama, qwen2, qwen3, mistral) run from private fused copies of
-  their weights (q/k/v and gate/up concatenated into one GEMM each; the active LoRA adapters' A matrices stacked
-  under W in the same GEMM and their B applied in its fp32 epilogue, never merged into W; refreshed every call),
-  read through public module attributes; nothing in transformers or peft is patched;
+* the decoder layers of Llama-family models (llama, qwen2, qwen3, mistral) run from fused copies of their
+  weights (q/k/v and gate/up concatenated into one GEMM each; the active LoRA adapters' A matrices stacked under
+  W in the same GEMM and their B applied in its fp32 epilogue, never merged into W; rewritten in place every
+  call; a projection with neither partner nor adapter reads the parameter itself), taken through public module
+  attributes; nothing in transformers or peft is patched;
 * keys and values live in a pre-allocated (2, B, kv_heads, L, head_dim) cache per layer; a decode step writes
   slot P + t and attends over the first A slots (all filled ones) with a (B, A) validity mask; the query heads
   of one KV head attend together (folded into the query axis for SDPA, one block of rows in the split-KV
@@ -120,32 +121,55 @@ def linear_parts(module) -> LinearParts:
     return parts
 
 
-def fuse(parts: list[LinearParts], name: str) -> dict[str, torch.Tensor | None]:
+def _write_rows(target: torch.Tensor, pieces: list[torch.Tensor]) -> torch.Tensor:
+    """Copy ``pieces`` one below the other into ``target`` (rows), casting to its dtype; returns ``target``."""
+    row = 0
+    for piece in pieces:
+        target[row:row + piece.shape[0]].copy_(piece)
+        row += piece.shape[0]
+    return target
+
+
+def fuse(parts: list[LinearParts], name: str, out: dict | None = None) -> dict[str, torch.Tensor | None]:
     """One linear layer equivalent to ``parts`` side by side (outputs concatenated), LoRA folded in for speed.
 
     ``name``: the base weights concatenated, then every LoRA A stacked below them (out + R, in), so one GEMM
     gives both x W^T and x A^T; ``name_bias``: the biases (zeros for the A rows); ``name_lora_b``: the B matrices
     times their scaling, block-diagonal (out, R). All in the base weights' dtype: A and B rounded to bf16 change
     the update by ~2^-8 of itself, far below the bf16 step of the output it is added to (a LoRA update merged
-    into a bf16 W instead mostly rounds away; see :func:`linear_parts`).
+    into a bf16 W instead mostly rounds away; see :func:`linear_parts`). A single plain weight is used as it is
+    (no copy), so a step reads the parameter itself.
+
+    ``out``: an earlier result for parts of the same shapes; its tensors are overwritten in place (no new
+    memory, addresses kept for a captured graph) and it is returned.
     """
-    weight = torch.cat([p.weight for p in parts])
     lora = [p for p in parts if p.lora_a is not None]
-    rank = sum(p.lora_a.shape[0] for p in lora)
-    out = {name: weight, f"{name}_bias": None, f"{name}_lora_b": None}
-    if lora:
-        out[name] = torch.cat([weight] + [p.lora_a.to(weight.dtype) for p in lora])
-        blocks = weight.new_zeros(weight.shape[0], rank)
+    rows = [p.weight for p in parts] + [p.lora_a for p in lora]
+    weight = parts[0].weight
+    if out is None:
+        out = {name: None, f"{name}_bias": None, f"{name}_lora_b": None}
+        if len(rows) == 1:
+            out[name] = weight
+        else:
+            out[name] = weight.new_empty(sum(r.shape[0] for r in rows), weight.shape[1])
+        if lora:
+            out[f"{name}_lora_b"] = weight.new_zeros(sum(p.weight.shape[0] for p in parts),
+                                                     sum(p.lora_a.shape[0] for p in lora))
+        if any(p.bias is not None for p in parts):
+            out[f"{name}_bias"] = weight.new_zeros(out[name].shape[0])
+    if out[name].data_ptr() != weight.data_ptr() or len(rows) > 1:
+        _write_rows(out[name], rows)
+    blocks = out[f"{name}_lora_b"]
+    if blocks is not None:
         row = col = 0
         for p in parts:
             if p.lora_a is not None:
-                blocks[row:row + p.weight.shape[0], col:col + p.lora_a.shape[0]] = p.lora_b
+                blocks[row:row + p.weight.shape[0], col:col + p.lora_a.shape[0]].copy_(p.lora_b)
                 col += p.lora_a.shape[0]
             row += p.weight.shape[0]
-        out[f"{name}_lora_b"] = blocks
-    if any(p.bias is not None for p in parts):
-        out[f"{name}_bias"] = torch.cat([p.bias if p.bias is not None else weight.new_zeros(p.weight.shape[0])
-                                         for p in parts] + [weight.new_zeros(rank)])
+    if out[f"{name}_bias"] is not None:
+        _write_rows(out[f"{name}_bias"], [p.bias if p.bias is not None else weight.new_zeros(p.weight.shape[0])
+                                          for p in parts])
     return out
 
 
@@ -164,7 +188,7 @@ def project(x: torch.Tensor, w: dict, name: str) -> torch.Tensor:
 
 @dataclass
 class DecodeWeights:
-    """Per-layer fused weights of a Llama-family decoder (tensors the step reads; refreshed in place)."""
+    """Per-layer fused weights of a Llama-family decoder (tensors the step reads; rewritten in place)."""
 
     tensors: list[dict[str, torch.Tensor | None]]
     final_norm: torch.Tensor
@@ -175,50 +199,67 @@ class DecodeWeights:
     head_dim: int
     scaling: float
 
-    def signature(self) -> tuple:
-        """Shapes of the tensors a captured step reads (a different signature needs a new capture)."""
-        return tuple((k, None if v is None else tuple(v.shape)) for k, v in self.tensors[0].items())
+
+def weights_signature(model) -> tuple:
+    """What the layout of :func:`decode_weights` depends on: per projection of the first layer its weight's
+    shape, dtype and device, whether it has a bias, and its active LoRA rank (a different signature needs a new
+    capture of the step)."""
+    layer = _base_model(model).get_decoder().layers[0]
+    signature = []
+    for module in _projections(layer):
+        p = linear_parts(module)
+        signature.append((tuple(p.weight.shape), p.weight.dtype, p.weight.device, p.bias is None,
+                          None if p.lora_a is None else p.lora_a.shape[0]))
+    return tuple(signature)
 
 
-def decode_weights(model) -> DecodeWeights:
-    """Fresh fused copies of ``model``'s decoder weights (with the active LoRA adapters kept unmerged)."""
+def _overwrite(target: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    if target.data_ptr() != value.data_ptr():
+        target.copy_(value)
+    return target
+
+
+def decode_weights(model, into: DecodeWeights | None = None) -> DecodeWeights:
+    """Fused copies of ``model``'s decoder weights, with the active LoRA adapters kept unmerged (see :func:`fuse`).
+
+    ``into``: the result of an earlier call on a model of the same :func:`weights_signature`; the current
+    weights are written into its tensors in place (what a captured CUDA graph reads) and it is returned.
+    """
     base = _base_model(model)
     decoder, config = base.get_decoder(), base.config
     layers = []
-    for layer in decoder.layers:
+    for i, layer in enumerate(decoder.layers):
         attn, mlp = layer.self_attn, layer.mlp
-        layers.append({
-            "input_norm": layer.input_layernorm.weight.detach(),
-            "post_norm": layer.post_attention_layernorm.weight.detach(),
-            **fuse([linear_parts(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj)], "qkv"),
-            **fuse([linear_parts(attn.o_proj)], "o"),
-            **fuse([linear_parts(mlp.gate_proj), linear_parts(mlp.up_proj)], "gate_up"),
-            **fuse([linear_parts(mlp.down_proj)], "down"),
-            "q_norm": attn.q_norm.weight.detach() if hasattr(attn, "q_norm") else None,
-            "k_norm": attn.k_norm.weight.detach() if hasattr(attn, "k_norm") else None,
-        })
+        old = None if into is None else into.tensors[i]
+        fused = {}
+        for name, modules in (("qkv", (attn.q_proj, attn.k_proj, attn.v_proj)), ("o", (attn.o_proj,)),
+                              ("gate_up", (mlp.gate_proj, mlp.up_proj)), ("down", (mlp.down_proj,))):
+            fused.update(fuse([linear_parts(m) for m in modules], name, old))
+        plain = {"input_norm": layer.input_layernorm.weight.detach(),
+                 "post_norm": layer.post_attention_layernorm.weight.detach(),
+                 "q_norm": attn.q_norm.weight.detach() if hasattr(attn, "q_norm") else None,
+                 "k_norm": attn.k_norm.weight.detach() if hasattr(attn, "k_norm") else None}
+        for key, value in plain.items():
+            fused[key] = value if old is None or value is None else _overwrite(old[key], value)
+        layers.append(fused)
+    final_norm = decoder.norm.weight.detach()
+    lm_head = linear_parts(base.get_output_embeddings()).weight
+    if into is not None:
+        _overwrite(into.final_norm, final_norm)
+        _overwrite(into.lm_head, lm_head)
+        return into
     attn0 = decoder.layers[0].self_attn
     head_dim = attn0.head_dim
     return DecodeWeights(
         tensors=layers,
-        final_norm=decoder.norm.weight.detach(),
-        lm_head=linear_parts(base.get_output_embeddings()).weight,
+        final_norm=final_norm,
+        lm_head=lm_head,
         eps=float(getattr(config, "rms_norm_eps", 1e-6)),
         num_heads=config.num_attention_heads,
         num_kv_heads=config.num_key_value_heads,
         head_dim=head_dim,
         scaling=float(getattr(attn0, "scaling", head_dim ** -0.5)),
     )
-
-
-def refresh_weights(target: DecodeWeights, fresh: DecodeWeights) -> None:
-    """Copy ``fresh`` weights into ``target``'s tensors (addresses unchanged; same signature)."""
-    for old, new in zip(target.tensors, fresh.tensors):
-        for key, value in new.items():
-            if value is not None and old[key].data_ptr() != value.data_ptr():
-                old[key].copy_(value)
-    if target.lm_head.data_ptr() != fresh.lm_head.data_ptr():
-        target.lm_head.copy_(fresh.lm_head)
 
 
 # ----------------------------------------------------------------------------------------------- forward
@@ -608,16 +649,16 @@ def _capture(model, weights: DecodeWeights, spec: StepSpec, key, batch, cache_le
 
 def _graph_engine(model, spec: StepSpec, batch: int, cache_len: int) -> GraphEngine:
     s = spec.sampling
-    weights = decode_weights(model)
     key = (batch, cache_len, spec.max_new, spec.mode, id(spec.gate), id(spec.matcher), tuple(spec.eos.tolist()),
-           spec.pad_token_id, s.temperature, s.top_k, s.top_p, s.greedy, s.logprob_temperature, weights.signature())
+           spec.pad_token_id, s.temperature, s.top_k, s.top_p, s.greedy, s.logprob_temperature,
+           weights_signature(model))
     engine = _GRAPHS.get(id(model))
     if engine is not None and engine.key == key:
-        refresh_weights(engine.weights, weights)
+        decode_weights(model, into=engine.weights)  # this call's weights, where the graphs read them
         return engine
     _GRAPHS.pop(id(model), None)
     torch.cuda.empty_cache()
-    engine = _capture(model, weights, spec, key, batch, cache_len)
+    engine = _capture(model, decode_weights(model), spec, key, batch, cache_len)
     _GRAPHS[id(model)] = engine
     return engine
 
