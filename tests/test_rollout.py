@@ -188,8 +188,10 @@ def test_shared_prompt_prefill_matches_per_row_prefill(tiny_model_dirs, tokenize
     assert shared.completion_ids[0].tolist() != shared.completion_ids[1].tolist()  # samples still differ
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "gemma3"])
-def test_shared_prompt_training_forward_matches_full_forward(arch, tiny_model_dirs, tokenizer):
+@pytest.mark.parametrize("arch, checkpointing", [("qwen2", False), ("gemma3", False), ("llama", True)])
+def test_shared_prompt_training_forward_matches_full_forward(arch, checkpointing, tiny_model_dirs, tokenizer):
+    """Also in training mode under gradient checkpointing, where transformers drops the KV cache a shared prompt
+    would need (the completions must still see their prompt)."""
     lm = load_model(str(tiny_model_dirs[arch]))
     ids, mask = _prompts(tokenizer, PROMPTS)
     ids, mask = ids.repeat_interleave(3, dim=0), mask.repeat_interleave(3, dim=0)
@@ -197,6 +199,9 @@ def test_shared_prompt_training_forward_matches_full_forward(arch, tiny_model_di
     rollout = generate(lm.model, ids, mask, SamplingConfig(max_new_tokens=7, temperature=1.0), gate=gate,
                        matcher=marker_matcher(tokenizer, "####"), eos_token_ids=[EOS], pad_token_id=EOS,
                        generator=torch.Generator().manual_seed(2), group_size=3)
+    if checkpointing:
+        lm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm.model.train()
     results = []
     for group_size in (1, 3):
         gate.zero_grad()

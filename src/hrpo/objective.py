@@ -57,6 +57,15 @@ def rollout_inputs_embeds(model, gate: HybridGate | None, rollout: Rollout,
     return thinking_inputs(mode, gate, token_embeds, latents, thinking)
 
 
+def _cache_disabled(model) -> bool:
+    """Whether a forward of ``model`` now ignores ``use_cache`` (transformers turns the KV cache off for
+    gradient checkpointing in training mode), so a prompt's cache cannot be shared."""
+    checkpointing = getattr(model, "is_activation_checkpointing", None)
+    if checkpointing is None:
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    return bool(checkpointing) and model.training and torch.is_grad_enabled()
+
+
 def completion_logprobs(model, rollout: Rollout, inputs_embeds: torch.Tensor, temperature: float,
                         group_size: int = 1) -> torch.Tensor:
     """Log-probs (B, C) fp32 of the completion tokens under ``model`` fed ``inputs_embeds`` (B, P + C, H).
@@ -65,23 +74,28 @@ def completion_logprobs(model, rollout: Rollout, inputs_embeds: torch.Tensor, te
     positions; log-softmax in fp32 at ``temperature``, one sequence at a time to bound memory. With
     ``group_size`` G > 1 and rows in runs of G identical prompts, each prompt is run once and its KV cache
     (with its autograd graph) shared by the G completions: the same values at about 1/G of the prompt cost.
+    Under gradient checkpointing in training mode (no KV cache) every row runs the full forward instead.
     """
     attention_mask = rollout.attention_mask
     positions = position_ids_from_mask(attention_mask)
     prompt_len, completion_len = rollout.prompt_ids.shape[1], rollout.completion_ids.shape[1]
-    if group_size > 1 and rows_repeat(rollout.prompt_ids, rollout.prompt_mask, group_size):
+    logits = None
+    if group_size > 1 and not _cache_disabled(model) and rows_repeat(rollout.prompt_ids, rollout.prompt_mask,
+                                                                     group_size):
         from transformers import DynamicCache
 
-        cache = {cache_argument(model): DynamicCache(config=model.config)}
+        cache = DynamicCache(config=model.config)
         heads = slice(None, None, group_size)
         prefix = model(inputs_embeds=inputs_embeds[heads, :prompt_len], attention_mask=attention_mask[heads, :prompt_len],
-                       position_ids=positions[heads, :prompt_len], use_cache=True, logits_to_keep=1, **cache)
-        next(iter(cache.values())).batch_repeat_interleave(group_size)
-        rest = model(inputs_embeds=inputs_embeds[:, prompt_len:], attention_mask=attention_mask,
-                     position_ids=positions[:, prompt_len:], use_cache=True, **cache)
-        first = prefix.logits[:, -1:].repeat_interleave(group_size, dim=0)
-        logits = torch.cat([first, rest.logits[:, :-1]], dim=1)
-    else:
+                       position_ids=positions[heads, :prompt_len], use_cache=True, logits_to_keep=1,
+                       **{cache_argument(model): cache})
+        if cache.get_seq_length() == prompt_len:  # else the model dropped the cache: run the full forward
+            cache.batch_repeat_interleave(group_size)
+            rest = model(inputs_embeds=inputs_embeds[:, prompt_len:], attention_mask=attention_mask,
+                         position_ids=positions[:, prompt_len:], use_cache=True, **{cache_argument(model): cache})
+            first = prefix.logits[:, -1:].repeat_interleave(group_size, dim=0)
+            logits = torch.cat([first, rest.logits[:, :-1]], dim=1)
+    if logits is None:
         out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=positions,
                     use_cache=False, logits_to_keep=completion_len + 1)
         logits = out.logits[:, :-1]  # position P-1+t predicts completion token t
