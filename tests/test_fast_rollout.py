@@ -148,6 +148,66 @@ def test_engine_resolution(tiny_model_dirs, tokenizer):
         resolve_engine("graph", llama, "hybrid")
 
 
+def _peft(model, **lora):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, **lora))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name or "lora_embedding_B" in name:  # as after training (peft initialises B to zero)
+                p.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(len(name)))
+    return model.eval()
+
+
+def _mistral(vocab, sliding_window):
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    common = tiny_config("llama", vocab).to_dict()
+    keep = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "max_position_embeddings", "tie_word_embeddings")
+    torch.manual_seed(0)
+    config = MistralConfig(**{k: common[k] for k in keep}, sliding_window=sliding_window)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("mistral window", "sliding-window"),
+    ("dora", "DoRA"),
+    ("kasa", "KasaLinearVariant"),
+    ("lm_head lora", "output embeddings"),
+    ("embed lora", "input or output embeddings"),
+])
+def test_the_fast_engine_refuses_what_it_would_compute_differently(tokenizer, case, reason):
+    """Models and adapters whose outputs the fused layers would get wrong go to the eager engine under auto."""
+    vocab = len(tokenizer)
+    if case == "kasa":
+        from peft import LoraConfig
+
+        if "kasa_config" not in LoraConfig.__dataclass_fields__:
+            pytest.skip("this peft version has no KaSA")
+    model = {
+        "mistral window": lambda: _mistral(vocab, 4),
+        "dora": lambda: _peft(build_tiny_model("llama", vocab), target_modules=["q_proj"], use_dora=True),
+        "kasa": lambda: _peft(build_tiny_model("llama", vocab), target_modules=["q_proj"], kasa_config={}),
+        "lm_head lora": lambda: _peft(build_tiny_model("llama", vocab), target_modules=["q_proj", "lm_head"]),
+        "embed lora": lambda: _peft(build_tiny_model("llama", vocab), target_modules=["q_proj", "embed_tokens"]),
+    }[case]()
+    assert reason in (unsupported_reason(model) or "")
+    assert resolve_engine("auto", model, "hybrid") == "eager"
+    if case == "mistral window":
+        assert unsupported_reason(_mistral(vocab, None)) is None
+
+
+def test_static_engine_applies_a_lora_bias(tokenizer):
+    """LoraConfig(lora_bias=True): B's bias, times the scaling, is part of the adapter's update."""
+    model = _peft(build_tiny_model("llama", len(tokenizer)), target_modules=["q_proj", "v_proj", "down_proj"],
+                  lora_bias=True)
+    assert unsupported_reason(model) is None
+    sampling = SamplingConfig(max_new_tokens=8, temperature=1.0, top_k=20)
+    _assert_same(_run(model, tokenizer, "hybrid", sampling, [2], "eager"),
+                 _run(model, tokenizer, "hybrid", sampling, [2], "static"))
+
+
 def test_row_uniforms_are_a_pure_function_of_seed_and_step():
     seeds = torch.arange(20000, dtype=torch.long) * 7919 + (1 << 40)
     u = row_uniforms(seeds, 3)

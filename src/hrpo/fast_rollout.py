@@ -53,6 +53,8 @@ def unsupported_reason(model) -> str | None:
     decoder = base.get_decoder()
     if not all(hasattr(decoder, n) for n in ("rotary_emb", "layers", "norm")):
         return "a decoder without rotary_emb/layers"
+    if config.model_type == "mistral" and getattr(config, "sliding_window", None) is not None:
+        return "sliding-window attention"  # Mistral windows every layer whenever the config sets one
     for layer in decoder.layers:
         if getattr(layer.self_attn, "sliding_window", None):
             return "sliding-window attention"
@@ -60,9 +62,23 @@ def unsupported_reason(model) -> str | None:
         if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
             return "an MLP other than gate/up/down"
         for module in _projections(layer):
-            if any(getattr(module, "use_dora", {}).get(a, False) for a in getattr(module, "active_adapters", [])):
-                return "DoRA adapters"
+            for adapter in _active_lora(module):
+                variant = getattr(module, "lora_variant", {}).get(adapter)
+                if variant is not None or getattr(module, "use_dora", {}).get(adapter, False):
+                    name = "DoRA" if getattr(module, "use_dora", {}).get(adapter, False) else type(variant).__name__
+                    return f"{name} adapters (only plain LoRA is fused)"
+    for module in (base.get_input_embeddings(), base.get_output_embeddings()):
+        if _active_lora(module):
+            return "LoRA adapters on the input or output embeddings"
     return None
+
+
+def _active_lora(module) -> list[str]:
+    """The names of the LoRA adapters that change ``module``'s output now (none for a plain module)."""
+    if getattr(module, "base_layer", None) is None or module.disable_adapters or module.merged:
+        return []
+    own = set(getattr(module, "lora_A", {})) | set(getattr(module, "lora_embedding_A", {}))
+    return [a for a in module.active_adapters if a in own]
 
 
 def resolve_engine(engine: str, model, mode: str) -> str:
@@ -112,12 +128,15 @@ def linear_parts(module) -> LinearParts:
     if base is None:
         return LinearParts(module.weight.detach(), None if module.bias is None else module.bias.detach())
     parts = LinearParts(base.weight.detach(), None if base.bias is None else base.bias.detach())
-    if module.disable_adapters or module.merged:
-        return parts
-    active = [a for a in module.active_adapters if a in module.lora_A]
+    active = _active_lora(module)
     if active:
         parts.lora_a = torch.cat([module.lora_A[a].weight.detach() for a in active])
         parts.lora_b = torch.cat([module.lora_B[a].weight.detach() * module.scaling[a] for a in active], dim=1)
+        lora_biases = [module.lora_B[a].bias.detach() * module.scaling[a] for a in active
+                       if module.lora_B[a].bias is not None]  # LoraConfig(lora_bias=True)
+        if lora_biases:
+            bias = sum(b.float() for b in lora_biases) + (0.0 if parts.bias is None else parts.bias.float())
+            parts.bias = bias.to(base.weight.dtype)
     return parts
 
 
