@@ -148,6 +148,9 @@ def test_json_parquet_and_saved_dataset(tmp_path):
     for name in ("list.json", "splits.json", "lines.json", "data.json", "x.parquet", "snapshot"):
         assert task.load("test", data_path=tmp_path / name) == expected, name
     assert len(task.load("train", data_path=tmp_path / "splits.json")) == 1
+    (tmp_path / "only_train.json").write_text(json.dumps({"train": rows}))  # a lone split is not a wrapper
+    with pytest.raises(DataError, match="has no split 'test' \\(it has: train\\)"):
+        task.load("test", data_path=tmp_path / "only_train.json")
     assert len(task.load("train", data_path=tmp_path / "snapshot")) == 2
 
     datasets = pytest.importorskip("datasets")
@@ -274,3 +277,19 @@ def test_parquet_bad_row_names_the_row(tmp_path):
     (tmp_path / "broken.parquet").write_bytes(b"not parquet")
     with pytest.raises(DataError, match="not a readable parquet file"):
         tasks.get("mmlu_stem").load("test", data_path=tmp_path / "broken.parquet")
+
+
+@pytest.mark.parametrize("completion, answer", [
+    ("16 eggs, eats 3, bakes 4: 9 eggs at $2 each, so she makes $18 every day.", "18"),  # last number
+    ("16 - 3 - 4 = 9. The answer is 18 (9 x 2).", "18"),  # the text after 'answer is'
+    (r"so \boxed{18} (from 9 eggs at 2)", "18"),
+    ("no digits here", None),
+])
+def test_eval_reads_an_unmarked_numeric_answer_as_the_reference_does(completion, answer):
+    """Without the marker, eval scores the whole completion by its last number (the reference's normaliser),
+    not its first."""
+    for name, example in (("gsm8k", {"question": "q", "gold": "18"}), ("arithmetic", {"question": "q", "answer": "18"})):
+        scored = tasks.get(name).score(completion, example)
+        assert scored["answer"] == answer and scored["correct"] == (answer == "18") and not scored["format_ok"]
+    marked = tasks.get("gsm8k").score("9 eggs at $2 #### 18 dollars from 9 eggs", {"question": "q", "gold": "18"})
+    assert marked["answer"] == "18" and marked["format_ok"]  # after the marker: its first number

@@ -137,6 +137,18 @@ def final_number(text: str | None) -> Fraction | None:
     return _token_value(match) if match else None
 
 
+def unmarked_number(text: str | None) -> Fraction | None:
+    r"""The numeric answer of a whole completion that lacks the answer marker, read as the reference's eval
+    reads it: the last ``\boxed{}`` or the text after the last 'answer is' when there is one (then as
+    :func:`final_number`), else the **last** number ("... 9 eggs at $2 each, so $18 a day." -> 18)."""
+    if not text:
+        return None
+    if last_boxed(text) is not None or _ANSWER_LEAD.search(text):
+        return final_number(text)
+    matches = list(_NUM_TOKEN.finditer(_plain_math(text)))
+    return _token_value(matches[-1]) if matches else None
+
+
 def numbers_equal(pred: str | None, gold: str | None) -> bool:
     """Both texts hold a number (see :func:`final_number`) and the numbers are equal."""
     a, b = final_number(pred), final_number(gold)

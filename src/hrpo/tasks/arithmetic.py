@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 from ..data import require
-from ..rewards import parse_number, text_after_marker
+from ..rewards import parse_number, text_after_marker, unmarked_number
 from .base import Task
 
 # Short on purpose: on CPU most of a step's compute is the prompt, and the 2-shot examples carry the format.
@@ -94,6 +94,10 @@ class ArithmeticTask(Task):
 
     def parse_answer(self, text: str, example: dict | None = None) -> str | None:
         value = parse_number(text)
+        return None if value is None else str(value)
+
+    def parse_unmarked(self, completion: str, example: dict | None = None) -> str | None:
+        value = unmarked_number(completion)
         return None if value is None else str(value)
 
     def is_correct(self, answer: str, example: dict) -> bool:

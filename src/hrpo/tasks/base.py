@@ -63,6 +63,10 @@ class Task:
     def is_correct(self, answer: str, example: dict) -> bool:
         raise NotImplementedError
 
+    def parse_unmarked(self, completion: str, example: dict | None = None) -> str | None:
+        """The answer in a whole completion without the marker (evaluation only); default as after it."""
+        return self.parse_answer(completion, example)
+
     # ------------------------------------------------------------------ the common interface
     def gold(self, example: dict):
         """The gold answer as shown in reports (a string, or a list of strings for QA)."""
@@ -90,7 +94,7 @@ class Task:
         """Evaluation scoring, lenient on format as the reference's eval: the text after the last marker, or
         the whole completion when there is none. ``{answer, correct, format_ok}`` (+ task extras)."""
         text = text_after_marker(completion, self.marker)
-        answer = self.parse_answer(completion if text is None else text, example)
+        answer = self.parse_unmarked(completion, example) if text is None else self.parse_answer(text, example)
         correct = answer is not None and self.is_correct(answer, example)
         return {"answer": answer, "correct": bool(correct), "format_ok": marker_count_ok(completion, self.marker)}
 

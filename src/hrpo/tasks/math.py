@@ -10,7 +10,7 @@ Row schemas (the hub datasets' own field names):
 from __future__ import annotations
 
 from ..data import FieldError, require
-from ..rewards import final_number, format_number, last_boxed, math_answer_text, math_equal
+from ..rewards import final_number, format_number, last_boxed, math_answer_text, math_equal, unmarked_number
 from .base import Task
 
 MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
@@ -41,6 +41,9 @@ class GSM8KTask(Task):
 
     def parse_answer(self, text: str, example: dict | None = None) -> str | None:
         return format_number(final_number(text))
+
+    def parse_unmarked(self, completion: str, example: dict | None = None) -> str | None:
+        return format_number(unmarked_number(completion))
 
     def is_correct(self, answer: str, example: dict) -> bool:
         pred, gold = final_number(answer), final_number(example["gold"])
