@@ -149,3 +149,17 @@ def test_cli_eval_bad_data_fails_before_loading_the_model(tmp_path, capsys):
     assert str(bad) in err and "line 2" in err and "field 'question'" in err
     assert main(["eval", "--task", "no_such_task"]) == 2
     assert "unknown task" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode, marker", [("latent", "</think>"), ("hidden", "</think>"), ("discrete", "####")])
+def test_evaluate_mixes_until_the_tasks_marker_in_every_mixing_mode(monkeypatch, tokenizer, mode, marker):
+    """The ablation modes have no gate but still mix until the marker: it must be the task's, not the run's."""
+    import dataclasses
+
+    task = tasks.get("nq", prompt_format="think")
+    examples = task.load("test", data_path=FIXTURES / "nq.jsonl")
+    calls = []
+    _script_generate(monkeypatch, tokenizer, {"pride and prejudice": "Jane Austen", "australia": "Canberra"}, calls)
+    policy = dataclasses.replace(_scripted_policy(tokenizer), mode=mode)
+    evaluate(policy, task, examples, batch_size=8, max_new_tokens=16, progress=False)
+    assert calls[0]["marker"] == marker

@@ -58,7 +58,7 @@ def evaluate(policy, task, examples: list[dict], batch_size: int = 32, max_new_t
 
     if not examples:
         raise ValueError(f"no examples to evaluate for task '{task.name}'")
-    if policy.gate is not None and policy.marker != task.marker:
+    if policy.mode != "discrete" and policy.marker != task.marker:
         policy = dataclasses.replace(policy, marker=task.marker)  # mix latents until the task's marker
     tok = policy.tokenizer
     prompts = [chat_prompt_ids(tok, task.messages(ex), max_prompt_tokens) for ex in examples]
