@@ -23,6 +23,7 @@ from pathlib import Path
 from .config import ConfigError
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
+SPLIT_NAMES = ("train", "test", "validation", "valid", "dev", "val")  # a lone key named so is a split, not a wrapper
 
 
 class DataError(ConfigError):
@@ -106,7 +107,7 @@ def _records_from_json(path: Path, text: str, split: str) -> list[Record]:
     if isinstance(obj, dict):
         list_values = {k: v for k, v in obj.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
         if list_values and len(list_values) == len(obj):  # {split: [rows]} or {"data": [rows]}
-            if split not in obj and len(obj) > 1:
+            if split not in obj and (len(obj) > 1 or next(iter(obj)) in SPLIT_NAMES):
                 raise DataError(f"{path}: has no split '{split}' (it has: {', '.join(obj)})")
             obj = obj[split] if split in obj else next(iter(obj.values()))
         else:
