@@ -68,6 +68,18 @@ def test_marker_split_over_several_real_tokens(tokenizer):
     assert tokenizer.decode(ids[:end + 1]).endswith("</think>") and "</think>" not in tokenizer.decode(ids[:end])
 
 
+@pytest.mark.parametrize("marker", ["答案:", "\u2705"])
+def test_a_marker_split_inside_a_character_is_refused(tokenizer, marker):
+    """Byte-level BPE splits these characters over tokens that decode, one at a time, to U+FFFD: a token-level
+    matcher would never see the marker and every completion would stay in its thinking span."""
+    from hrpo.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot be tracked token by token"):
+        marker_matcher(tokenizer, marker)
+    assert marker_matcher(tokenizer, " answer is").scan(tokenizer.encode("so the answer is 7",
+                                                                          add_special_tokens=False)) is not None
+
+
 def test_thinking_span_ends_exactly_at_split_marker(tokenizer):
     hash1, hash2 = tokenizer.convert_tokens_to_ids(["#", "##"])
     words = tokenizer.encode(" so it is", add_special_tokens=False)

@@ -143,12 +143,21 @@ def _advance(pattern: str, fail: list[int], state: int, text: str) -> int:
 
 @lru_cache(maxsize=8)
 def _matcher_cached(tokenizer, marker: str, vocab_size: int) -> MarkerMatcher:
+    ids = tokenizer.encode(marker, add_special_tokens=False)
+    spelled = "".join(tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False))
+    if marker not in spelled:  # e.g. a CJK character split over byte tokens, each decoding to U+FFFD
+        from .config import ConfigError
+
+        raise ConfigError(f"marker {marker!r} cannot be tracked token by token with this tokenizer: its tokens, "
+                          f"decoded one at a time, read {spelled!r}; choose a marker whose tokens decode to "
+                          f"whole characters, e.g. '####' or '</think>'")
     pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=False)
     return MarkerMatcher(pieces, marker, vocab_size)
 
 
 def marker_matcher(tokenizer, marker: str, vocab_size: int | None = None) -> MarkerMatcher:
-    """The (cached) :class:`MarkerMatcher` for this tokenizer and marker, covering ``vocab_size`` ids."""
+    """The (cached) :class:`MarkerMatcher` for this tokenizer and marker, covering ``vocab_size`` ids. Raises
+    ConfigError for a marker whose own tokens do not decode, one at a time, to text containing it."""
     return _matcher_cached(tokenizer, marker, int(vocab_size or len(tokenizer)))
 
 
