@@ -31,6 +31,37 @@ SHAPES = {
 }
 
 
+ENGINES = ("eager", "static", "graph", "auto")
+BASELINES = ("hf_dynamic", "hf_static")
+
+
+def check_bench_args(batch: int, prompt_len: int, new_tokens: int, repeats: int = 1,
+                     engines: tuple[str, ...] | None = None, baselines: tuple[str, ...] | None = None,
+                     device: str | None = None, group: int = 1, lora_r: int = 0) -> None:
+    """Raise ConfigError (naming the flag) for a bad size, an unknown engine or baseline, or the graph engine
+    off CUDA: before any model is built."""
+    for flag, value, minimum in (("--batch", batch, 1), ("--prompt-len", prompt_len, 1),
+                                 ("--new-tokens", new_tokens, 1), ("--repeats", repeats, 1),
+                                 ("--group", group, 1), ("--lora-r", lora_r, 0)):
+        if not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{flag} must be an integer >= {minimum}, got {value!r}")
+    if batch % group:
+        raise ConfigError(f"--group {group} must be >= 1 and divide --batch {batch}")
+    if engines is not None:
+        if not engines:
+            raise ConfigError(f"--engines is empty: give a comma list of {', '.join(ENGINES)}")
+        unknown = [e for e in engines if e not in ENGINES]
+        if unknown:
+            raise ConfigError(f"--engines: unknown rollout engine {unknown[0]!r} (known: {', '.join(ENGINES)})")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if "graph" in engines and not device.startswith("cuda"):
+            raise ConfigError(f"--engines graph needs a CUDA device (this run is on {device}); use eager,static")
+    if baselines is not None:
+        unknown = [b for b in baselines if b not in BASELINES]
+        if unknown:
+            raise ConfigError(f"--baselines: unknown baseline {unknown[0]!r} (known: {', '.join(BASELINES)})")
+
+
 def shape_config(shape: str):
     """A transformers config for a named shape or a directory/file holding config.json."""
     from transformers import AutoConfig
@@ -109,8 +140,7 @@ def bench_rollout(shape: str = "qwen2.5-1.5b", batch: int = 64, prompt_len: int 
     entry's.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if group < 1 or batch % group:
-        raise ConfigError(f"--group {group} must be >= 1 and divide --batch {batch}")
+    check_bench_args(batch, prompt_len, new_tokens, repeats, engines, baselines, device, group, lora_r)
     on_cuda = device.startswith("cuda")
     if engines is None:
         engines = ("eager", "static", "graph") if on_cuda else ("eager", "static")
@@ -171,6 +201,7 @@ def bench_train(shape: str = "qwen2.5-1.5b", batch: int = 8, prompt_len: int = 1
     from .objective import completion_logprobs, hrpo_loss, rollout_inputs_embeds
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_bench_args(batch, prompt_len, new_tokens, lora_r=lora_r)
     model = add_lora(random_model(shape, getattr(torch, dtype), device), lora_r, 2 * lora_r)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -11,15 +11,131 @@ from pathlib import Path
 from .config import DTYPES, MODES, ConfigError, add_config_arguments, build_config, load_yaml
 
 
+# ---------------------------------------------------------------------------------------- argument checks
+# Bad values fail at parse time (argparse: "hrpo CMD: error: argument --flag: ...", exit 2) or in the command's
+# check function, which runs before any data or model is loaded (ConfigError: exit 2 through main).
+
+
+def _int_at_least(minimum: int):
+    """An argparse ``type=`` for integers >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = f"int >= {minimum}"
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+
+
+def _temperature(text: str) -> float:
+    """An argparse ``type=`` for a sampling temperature: a finite number > 0 (0 is not greedy decoding here)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0, got 0 (for greedy decoding pass --greedy instead of "
+                                         "--temperature)")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _check_device(name: str | None) -> None:
+    """The train config's device check (same messages): a torch device name, and CUDA only where it exists."""
+    if name is None or name == "auto":
+        return
+    from .config import TrainConfig, _validate_generic
+
+    def bad(key: str, why: str) -> None:
+        raise ConfigError(f"invalid argument: {key}={name!r}: {why}")
+
+    _validate_generic(TrainConfig(device=name), bad)
+
+
+def _check_generate(args: argparse.Namespace) -> None:
+    _check_device(args.device)
+    if args.latents_json:
+        path = Path(args.latents_json)
+        if path.is_dir():
+            raise ConfigError(f"--latents-json {path}: is a directory, not a file name")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--latents-json {path}: cannot create its directory {path.parent}: "
+                              f"{exc.strerror or exc}") from None
+
+
+def _check_eval(args: argparse.Namespace) -> None:
+    _check_device(args.device)
+
+
+def _check_bench(args: argparse.Namespace) -> None:
+    from .bench import check_bench_args
+
+    _check_device(args.device)
+    rollout = args.what == "rollout"
+    check_bench_args(args.batch or (64 if rollout else 8), args.prompt_len or (256 if rollout else 1024),
+                     args.new_tokens or (256 if rollout else 1024), repeats=args.repeats,
+                     engines=_split(args.engines) if rollout else None,
+                     baselines=_split(args.baselines) if rollout else None, device=args.device,
+                     group=args.group if rollout else 1, lora_r=args.lora_r)
+
+
+def _split(value: str | None) -> tuple[str, ...] | None:
+    """A comma list flag: None when not given, else its non-empty items."""
+    return tuple(x.strip() for x in value.split(",") if x.strip()) if value else None
+
+
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where the help does not state a default already and X says something
+    (not None, not False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default is None or action.default is False:
+            return text
+        return super()._get_help_string(action)
+
+
+def _dedupe_config_defaults(parser: argparse.ArgumentParser) -> None:
+    """add_config_arguments appends " (default: X)" to every config key's help; drop it where the help already
+    states the default in its own words (it read "... (default: runs/<mode>-<timestamp>). (default: None)") or
+    where X is None (no value: the help says what happens then)."""
+    for action in parser._actions:
+        text = action.help or ""
+        head, sep, tail = text.rpartition(" (default: ")
+        if sep and ("(default" in head or tail == "None)"):
+            action.help = head
+
+
+def _preset_text() -> str:
+    from .config import EMBEDDED_PRESET, TrainConfig
+
+    defaults = TrainConfig()
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in EMBEDDED_PRESET.items()
+                     if getattr(defaults, k) != v)
+
+
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="Train with HRPO (or the GRPO baseline with --mode discrete).",
                        description="Train a causal LM with HRPO. With no arguments: the embedded "
-                                   "SmolLM2-135M-Instruct on the embedded arithmetic task (~15 min on 2 CPU cores).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   "SmolLM2-135M-Instruct on the embedded arithmetic task (~13 min on 2 CPU cores). "
+                                   "The defaults below are the paper's; with --model embedded (the default) the "
+                                   f"quick-start preset replaces some: {_preset_text()}.",
+                       formatter_class=_DefaultsHelpFormatter)
     p.add_argument("--config", metavar="FILE", help="YAML file of config keys (CLI flags override it).")
     p.add_argument("--resume", metavar="RUN_DIR", help="Continue the run in RUN_DIR from its last checkpoint.")
     p.add_argument("--quiet", action="store_true", help="No progress bar or messages.")
     add_config_arguments(p)
+    _dedupe_config_defaults(p)
 
 
 def _policy_arguments(p) -> None:
@@ -32,20 +148,23 @@ def _policy_arguments(p) -> None:
 def _runtime_arguments(p) -> None:
     """--seed, --dtype, --device and --trust-remote-code, shared by generate and eval."""
     p.add_argument("--seed", type=int, default=0, help="Sampling seed.")
-    p.add_argument("--dtype", default="auto", choices=DTYPES)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=DTYPES,
+                   help="Model dtype (default: auto = bf16 on GPU, fp32 on CPU).")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda or cuda:N (default: auto = cuda if available, else cpu).")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="Let the model repository run its own Python code (only for models you trust).")
 
 
 def _generate_parser(sub) -> None:
     p = sub.add_parser("generate", help="Generate a completion with a base model or a trained adapter.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_DefaultsHelpFormatter)
     _policy_arguments(p)
     p.add_argument("--prompt", required=True, help="User message (the chat template is applied).")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="Maximum new tokens.")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="Maximum new tokens (>= 1).")
     p.add_argument("--greedy", action="store_true", help="Greedy decoding (the latent still uses the temperature).")
-    p.add_argument("--temperature", type=float, default=None, help="Sampling temperature (default: the run's).")
+    p.add_argument("--temperature", type=_temperature, default=None,
+                   help="Sampling temperature, > 0 (default: the run's; for greedy decoding use --greedy).")
     p.add_argument("--mode", choices=MODES, default=None,
                    help="Decoding mode (default: the run's mode, hybrid without an adapter).")
     _runtime_arguments(p)
@@ -54,7 +173,8 @@ def _generate_parser(sub) -> None:
                    help="For each thinking position: the sampled token, the gate's mean a and the 5 tokens whose "
                         "embeddings are closest (cosine) to the latent.")
     p.add_argument("--latents-json", metavar="FILE", default=None,
-                   help="With --show-latents: also save that table as JSON to FILE.")
+                   help="Save the --show-latents table as JSON to FILE (its directory is created). Works without "
+                        "--show-latents too: the table is then only written to FILE, not printed.")
 
 
 def _eval_parser(sub) -> None:
@@ -69,17 +189,18 @@ def _eval_parser(sub) -> None:
     p.add_argument("--data", action="append", default=None, metavar="PATH",
                    help="Local data instead of the hub (see below; repeatable, one per --task).")
     p.add_argument("--split", default="test", help="Data split (default: test).")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="Evaluate the first N examples only.")
-    p.add_argument("--batch-size", type=int, default=32, help="Prompts per decoding batch (default: 32).")
+    p.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                   help="Evaluate the first N examples only (N >= 1; default: all).")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="Prompts per decoding batch (default: 32).")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--greedy", action="store_true", help="Greedy decoding (the default).")
-    how.add_argument("--temperature", type=float, default=None, metavar="X",
-                     help="Sample at temperature X instead of greedy decoding.")
+    how.add_argument("--temperature", type=_temperature, default=None, metavar="X",
+                     help="Sample at temperature X > 0 instead of greedy decoding.")
     p.add_argument("--mode", choices=MODES, default=None,
                    help="Decoding mode (default: the run's mode, hybrid without an adapter).")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="Maximum new tokens (default: 512).")
-    p.add_argument("--max-prompt-tokens", type=int, default=1024,
-                   help="Keep the last N prompt tokens (default: 1024).")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=512, help="Maximum new tokens (default: 512).")
+    p.add_argument("--max-prompt-tokens", type=_positive_int, default=1024, metavar="N",
+                   help="Keep the last N prompt tokens, N >= 1 (longer prompts are cut on the left; default: 1024).")
     p.add_argument("--prompt-format", choices=("hash", "think"), default=None,
                    help="'hash': answer after '####' (the reference's prompt); 'think': <think>...</think> answer "
                         "(default: the adapter run's marker, else hash).")
@@ -119,22 +240,27 @@ def _bench_parser(sub) -> None:
     p.add_argument("what", choices=("rollout", "train"))
     p.add_argument("--shape", default="qwen2.5-1.5b",
                    help="qwen2.5-1.5b, qwen2.5-3b, embedded, or a directory with a config.json (default: %(default)s).")
-    p.add_argument("--batch", type=int, default=None,
+    p.add_argument("--batch", type=_positive_int, default=None,
                    help="Rows (rollout, default 64) or sequences per micro-batch (train, default 8).")
-    p.add_argument("--prompt-len", type=int, default=None, help="Prompt tokens (default: 256 rollout, 1024 train).")
-    p.add_argument("--new-tokens", type=int, default=None, help="New tokens (default: 256 rollout, 1024 train).")
-    p.add_argument("--engines", default=None, help="Comma list of rollout engines (default: eager,static[,graph]).")
+    p.add_argument("--prompt-len", type=_positive_int, default=None,
+                   help="Prompt tokens (default: 256 rollout, 1024 train).")
+    p.add_argument("--new-tokens", type=_positive_int, default=None,
+                   help="New tokens (default: 256 rollout, 1024 train).")
+    p.add_argument("--engines", default=None,
+                   help="Comma list of rollout engines: eager, static, graph (CUDA only), auto "
+                        "(default: eager,static[,graph]).")
     p.add_argument("--baselines", default=None,
                    help="Comma list: hf_dynamic, hf_static (default: both on CUDA, hf_dynamic on CPU).")
-    p.add_argument("--group", type=int, default=1,
+    p.add_argument("--group", type=_positive_int, default=1,
                    help="rollout: rows per distinct prompt (G completions share one prompt, as in training; our "
                         "engines prefill it once; default: %(default)s, every row its own prompt).")
-    p.add_argument("--lora-r", type=int, default=0,
+    p.add_argument("--lora-r", type=_non_negative_int, default=0,
                    help="rollout: wrap the model in a LoRA adapter of this rank, as in training (default: none).")
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="train: keep all activations.")
-    p.add_argument("--repeats", type=int, default=2, help="Timed calls after the first (best is reported).")
+    p.add_argument("--repeats", type=_positive_int, default=2,
+                   help="Timed calls after the first, >= 1 (best is reported; default: %(default)s).")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
-    p.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu).")
     p.add_argument("--json", action="store_true", help="Print one JSON object instead of a table.")
 
 
@@ -169,16 +295,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    _check_generate(args)
     from .policy import generate_text, load_policy
 
     policy = load_policy(args.model, args.adapter, args.mode, dtype=args.dtype, device=args.device,
                          trust_remote_code=args.trust_remote_code)
     result = generate_text(policy, args.prompt, args.max_new_tokens, greedy=args.greedy,
-                           temperature=args.temperature, seed=args.seed, show_latents=args.show_latents)
+                           temperature=args.temperature, seed=args.seed,
+                           show_latents=args.show_latents or bool(args.latents_json))
     if isinstance(result["hidden_ratio"], float) and math.isnan(result["hidden_ratio"]):
         result["hidden_ratio"] = None
-    if args.latents_json and "latents" in result:
-        Path(args.latents_json).write_text(json.dumps(result["latents"], indent=1))
+    if args.latents_json:
+        try:
+            Path(args.latents_json).write_text(json.dumps(result["latents"], indent=1))
+        except OSError as exc:
+            raise ConfigError(f"--latents-json {args.latents_json}: cannot write: {exc.strerror or exc}") from None
+        if not args.show_latents:
+            del result["latents"]
     if args.json:
         print(json.dumps(result))
         return 0
@@ -210,6 +343,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from . import tasks
     from .evaluate import evaluate, summary_table, write_report
 
+    _check_eval(args)
     data = args.data or []
     if len(data) > 1 and len(data) != len(args.task):
         raise ConfigError(f"--data was given {len(data)} times for {len(args.task)} tasks: give it once for all "
@@ -276,11 +410,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_rollout, bench_train, rollout_table
 
-    split = lambda v: tuple(x.strip() for x in v.split(",") if x.strip()) if v else None  # noqa: E731
+    _check_bench(args)
     log = None if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     if args.what == "rollout":
         report = bench_rollout(args.shape, args.batch or 64, args.prompt_len or 256, args.new_tokens or 256,
-                               engines=split(args.engines), baselines=split(args.baselines), dtype=args.dtype,
+                               engines=_split(args.engines), baselines=_split(args.baselines), dtype=args.dtype,
                                device=args.device, repeats=args.repeats, log=log, lora_r=args.lora_r,
                                group=args.group)
         print(json.dumps(report, indent=2) if args.json else rollout_table(report))

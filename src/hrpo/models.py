@@ -105,10 +105,21 @@ def _cached_on_disk(repo_id: str) -> bool:
         return False
 
 
+def _looks_like_local_path(name: str) -> bool:
+    """A --model value meant as a local path, not a hub id: absolute, starting with ./ ../ or ~, or whose parent
+    directory exists (runs/foo with ./runs present)."""
+    if os.path.isabs(name) or name in (".", "..", "~") or name.startswith(("./", "../", "~", ".\\", "..\\")):
+        return True
+    parent = Path(name).parent
+    return parent != Path(".") and parent.is_dir()
+
+
 def resolve_model_path(name: str) -> tuple[str, bool]:
     """Map --model to (path or hub id, local_files_only). Raises ModelLoadError offline for uncached hub ids."""
     if name == "embedded":
         return str(embedded_model_dir()), True
+    if name.startswith("~"):
+        name = os.path.expanduser(name)
     if Path(name).exists():
         if not (Path(name) / "config.json").is_file():
             raise ModelLoadError(f"{name} is a path but has no config.json: not a Hugging Face model directory.")
@@ -116,6 +127,9 @@ def resolve_model_path(name: str) -> tuple[str, bool]:
         return name, True
     if _cached_on_disk(name):
         return name, True
+    if _looks_like_local_path(name):
+        raise ModelLoadError(f"no such directory: {name} (--model is a hub id such as Qwen/Qwen2.5-1.5B-Instruct, "
+                             f"an existing local model directory, or 'embedded')")
     if not _hub_reachable():
         raise ModelLoadError(
             f"Cannot download '{name}': the Hugging Face hub is not reachable from this machine (offline) and "
