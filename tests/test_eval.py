@@ -135,6 +135,8 @@ def test_cli_eval_end_to_end(tmp_path, tiny_model_dirs, capsys):
         assert report["task"] == name and report["metrics"]["total"] == 3
         assert report["meta"]["greedy"] is True and report["meta"]["mode"] == "hybrid"
         assert report["meta"]["prompt_format"] == "hash" and report["meta"]["marker"] == "####"
+        assert report["meta"]["model"] == str(tiny_model_dirs["qwen2"])
+        assert report["meta"]["data"] == str(FIXTURES / f"{name}.jsonl")
         lines = [json.loads(x) for x in (out / f"eval_{name}_examples.jsonl").read_text().splitlines()]
         assert len(lines) == 3 and {"question", "gold", "answer", "completion", "correct"} <= lines[0].keys()
     assert "by_subject" in json.loads((out / "eval_mmlu_stem.json").read_text())["metrics"]

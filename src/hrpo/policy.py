@@ -27,6 +27,7 @@ class Policy:
     eos_ids: list[int]
     device: torch.device
     mode: str = "hybrid"  # hybrid | discrete | latent | hidden
+    model_name: str | None = None  # what --model resolved to: a hub id, a directory or "embedded"
 
 
 def load_policy(model: str | None = None, adapter: str | Path | None = None, mode: str | None = None,
@@ -78,7 +79,8 @@ def load_policy(model: str | None = None, adapter: str | Path | None = None, mod
         gate.to(dev)
     return Policy(model=net, tokenizer=loaded.tokenizer, gate=gate, marker=marker or run.marker or "####",
                   temperature=run.temperature, top_k=run.top_k, top_p=run.top_p,
-                  eos_ids=eos_token_ids(loaded.model, loaded.tokenizer), device=dev, mode=mode)
+                  eos_ids=eos_token_ids(loaded.model, loaded.tokenizer), device=dev, mode=mode,
+                  model_name=model or run.model)
 
 
 def generate_ids(policy: Policy, prompt_ids: list[list[int]], max_new_tokens: int, greedy: bool = False,
