@@ -246,6 +246,7 @@ def test_signal_checkpoints_exits_and_resume_continues(tmp_path, tiny_model_dirs
     assert steps >= 1 and f"checkpoint written: {out / f'checkpoint-{steps}'}" in err
     assert f"Resume with: hrpo train --resume {out}" in err and "Traceback" not in err
     assert find_checkpoint(out) == out / f"checkpoint-{steps}"
+    assert (out / "plots" / "reward.png").is_file()  # the plots of the steps done
     assert main(["train", "--resume", str(out), "--max-steps", str(steps + 1), "--quiet"]) == 0
     assert [m["step"] for m in _metrics(out)] == list(range(1, steps + 2))
     assert find_checkpoint(out) == out / f"checkpoint-{steps + 1}"

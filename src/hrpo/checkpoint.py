@@ -201,9 +201,31 @@ def load_checkpoint(checkpoint: Path, model, gate: HybridGate | None, optimizer,
     path = checkpoint / STATE_FILE
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        return int(state["step"])
-    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file, or a state of another run
+        optimizer_state, scheduler_state, rng, step = (state["optimizer"], state["scheduler"], state["rng"],
+                                                       int(state["step"]))
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
         raise _unreadable(path, exc) from None
+    _check_optimizer_fits(path, optimizer_state, optimizer)
+    try:
+        optimizer.load_state_dict(optimizer_state)
+        scheduler.load_state_dict(scheduler_state)
+        set_rng_state(rng)
+    except Exception as exc:  # noqa: BLE001 - a damaged state
+        raise _unreadable(path, exc) from None
+    return step
+
+
+def _check_optimizer_fits(path: Path, saved: dict, optimizer) -> None:
+    """Raise CheckpointError when the saved optimizer state has other parameter groups or sizes than this run's
+    (a checkpoint of another mode, LoRA rank or model), instead of calling a good file unreadable."""
+    try:
+        saved_sizes = [len(g["params"]) for g in saved["param_groups"]]
+    except (KeyError, TypeError) as exc:
+        raise _unreadable(path, exc) from None
+    sizes = [len(g["params"]) for g in optimizer.param_groups]
+    if saved_sizes != sizes:
+        names = [g.get("name", "?") for g in optimizer.param_groups]
+        raise CheckpointError(f"{path} does not fit this run: its optimizer state has parameter groups of "
+                              f"sizes {saved_sizes}, this run has {sizes} ({', '.join(names)}). It was saved by "
+                              f"a run with another mode (hybrid has a gate, discrete/latent/hidden do not), LoRA "
+                              f"rank or model; resume with that run's own config.yaml")

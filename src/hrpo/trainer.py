@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from . import tasks
-from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint, newest_checkpoint, save_checkpoint
-from .config import TrainConfig, build_config, load_yaml, save_yaml
+from .checkpoint import (CheckpointError, find_checkpoint, list_checkpoints, load_checkpoint, newest_checkpoint,
+                         save_checkpoint)
+from .config import ConfigError, TrainConfig, build_config, load_yaml, save_yaml
 from .faults import GracefulStop, NonFiniteGuard, TrainingInterrupted, contained_rewards, oom_guard
 from .distributed import (Prepared, ProcessInfo, any_process, backward, broadcast, check_divisible, gradient_sync,
                           launched_rank, local_prompts, local_rows, prepare, process_info, reduce_metrics,
@@ -36,6 +37,13 @@ from .trackers import open_tracker
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
+
+# Keys `hrpo train --resume` cannot change: they shape what the checkpoints hold (base model, LoRA, gate,
+# optimizer groups, precision) or define what the run trains on (task, prompts, data order, batch geometry).
+# Everything else (max_steps, learning rates, sampling, logging, checkpointing, device, ...) may be overridden.
+RESUME_FIXED_KEYS = ("model", "mode", "task", "prompt_format", "marker", "seed", "num_train_examples",
+                     "prompts_per_step", "group_size", "lora_r", "lora_alpha", "r_min", "r_max", "gate_c",
+                     "dtype")
 
 
 @dataclass
@@ -102,7 +110,11 @@ def setup(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Trai
     dist = process_info(cfg.device)
     check_divisible(cfg.prompts_per_step, dist.world_size)
     run_dir = Path(resume) if resume else Path(cfg.output_dir) if cfg.output_dir else default_run_dir(cfg)
-    run_dir = broadcast(dist, run_dir)  # a clock-named default must be the same in every process
+    # a clock-named default must be the same in every process; the main process checks it before anyone writes
+    refusal = None if resume or not dist.is_main else occupied_run_dir(run_dir)
+    run_dir, refusal = broadcast(dist, (run_dir, refusal))
+    if refusal:
+        raise ConfigError(refusal)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.output_dir = str(run_dir)
     seed_everything(cfg.seed)
@@ -132,12 +144,53 @@ def setup(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Trai
     if resume:
         ckpt = find_checkpoint(run_dir)
         trainer.step = load_checkpoint(ckpt, model, gate, optimizer, scheduler)
+        check_max_steps(run_dir, trainer.step, cfg.max_steps)
+        apply_optimizer_config(cfg, optimizer, scheduler)
         log(f"resumed from {ckpt} (step {trainer.step})")
     trainer.prepared = prepare(dist, model, gate, optimizer)
     trainer.optimizer = trainer.prepared.optimizer
     if dist.is_main:
         save_yaml(cfg, run_dir / CONFIG_FILE)
     return trainer
+
+
+def occupied_run_dir(run_dir: Path) -> str | None:
+    """Why a fresh run may not write into ``run_dir`` (it already holds a run's checkpoints or metrics), or None.
+    A fresh run there would mix its files with the old run's, and checkpoint pruning would delete its own."""
+    if not run_dir.exists():
+        return None
+    if not run_dir.is_dir():
+        return f"--output-dir {run_dir} is a file, not a directory; pass another --output-dir"
+    held = [p.name for p in list_checkpoints(run_dir)]
+    if (run_dir / METRICS_FILE).exists():
+        held.append(METRICS_FILE)
+    if not held:
+        return None
+    has_run = (run_dir / CONFIG_FILE).is_file() and newest_checkpoint(run_dir) is not None
+    cont = f"To continue that run use --resume {run_dir} (not --output-dir); to" if has_run else "To"
+    return (f"--output-dir {run_dir} already holds a training run ({', '.join(held)}); a new run would mix its "
+            f"files with it. {cont} start a new run pass a new --output-dir (or delete {run_dir} first)")
+
+
+def check_max_steps(run_dir: Path, step: int, max_steps: int) -> None:
+    """Raise ConfigError when a resumed run is already past ``max_steps`` (there is nothing to train)."""
+    if step > max_steps:
+        raise ConfigError(f"{run_dir} is already at step {step} (checkpoint-{step}); max_steps={max_steps} is "
+                          f"below it. Pass --max-steps larger than {step} to train further, or use the run as it "
+                          f"is (hrpo eval / generate --adapter {run_dir})")
+
+
+def apply_optimizer_config(cfg: TrainConfig, optimizer, scheduler) -> None:
+    """After loading a checkpoint: use this config's learning rates, AdamW betas and weight decay (restored from
+    the checkpoint otherwise, so `--resume RUN --lr X` would be ignored) and its max_steps / warmup schedule for
+    the current step's learning rate. With unchanged values this reproduces the saved state exactly."""
+    base = {"lora": cfg.lr, "gate": cfg.gate_lr, "Lambda": cfg.lambda_lr}
+    for i, (group, factor) in enumerate(zip(optimizer.param_groups, scheduler.lr_lambdas)):
+        group["initial_lr"] = scheduler.base_lrs[i] = base[group["name"]]
+        group["lr"] = base[group["name"]] * factor(scheduler.last_epoch)  # LambdaLR's own formula, this step
+        group["betas"] = (cfg.adam_beta1, cfg.adam_beta2)
+        group["weight_decay"] = cfg.weight_decay
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def load_task_data(cfg: TrainConfig):
@@ -322,8 +375,6 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, quiet: bool = Fals
     trainer = setup(cfg, resume=resume, log=console.print)
     main = trainer.dist.is_main
     metrics_path = trainer.run_dir / METRICS_FILE
-    if main and not resume and metrics_path.exists():
-        metrics_path.unlink()
     if main and resume:
         _truncate_metrics(metrics_path, trainer.step)
     console.print(f"run directory: [bold]{trainer.run_dir}[/bold]  (mode {cfg.mode}, {cfg.max_steps} steps, "
@@ -358,9 +409,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, quiet: bool = Fals
             save_checkpoint(trainer.run_dir, trainer.step, trainer.model, trainer.gate, trainer.optimizer,
                             trainer.scheduler, keep=cfg.keep_checkpoints)
         wait_for_everyone(trainer.dist)  # the checkpoint exists before any process returns (or resumes)
+    plots = write_run_plots(trainer.run_dir) if main else []  # also for a run stopped by a signal
     if stop.requested:
         raise TrainingInterrupted(stop.signum, trainer.run_dir, newest_checkpoint(trainer.run_dir))
-    plots = write_run_plots(trainer.run_dir) if main else []
     console.print(f"done: {trainer.step} steps. Run directory: [bold]{trainer.run_dir}[/bold]"
                   + (f" (plots in {trainer.run_dir / 'plots'})" if plots else ""))
     return trainer.run_dir
@@ -388,8 +439,33 @@ def resume_config(run_dir: str | Path, overrides: dict) -> TrainConfig:
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not an hrpo run directory (it has no {CONFIG_FILE}); --resume takes "
                               f"the output directory of an earlier `hrpo train`")
-    if newest_checkpoint(run_dir) is None:
+    newest = newest_checkpoint(run_dir)
+    if newest is None:
         raise CheckpointError(f"{run_dir} has no checkpoint-N directory yet (the run stopped before its first "
-                              f"save): nothing to resume; start it again without --resume")
-    saved = load_yaml(path)
-    return build_config(saved, overrides, use_preset=False)
+                              f"save): nothing to resume; start a new run without --resume, with a new "
+                              f"--output-dir (or delete {run_dir} first)")
+    saved_values = load_yaml(path)
+    saved = build_config(saved_values, {}, use_preset=False)
+    cfg = build_config(saved_values, overrides, use_preset=False)
+    for key in RESUME_FIXED_KEYS:
+        if key in overrides and not _same_setting(key, getattr(saved, key), getattr(cfg, key)):
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"{run_dir} was trained with {key}={getattr(saved, key)!r}; --resume cannot change "
+                              f"it to {getattr(cfg, key)!r} (a resumed run keeps the {key} its checkpoints were "
+                              f"trained with). Drop {flag} to continue the run, or start a new run with a new "
+                              f"--output-dir")
+    out = overrides.get("output_dir")
+    if out is not None and Path(out).resolve() != Path(run_dir).resolve():
+        raise ConfigError(f"--output-dir {out} with --resume {run_dir}: a resumed run goes on writing into "
+                          f"{run_dir}; drop --output-dir (or copy the run directory first and resume the copy)")
+    check_max_steps(Path(run_dir), int(newest.name.split("-")[1]), cfg.max_steps)
+    return cfg
+
+
+def _same_setting(key: str, saved, requested) -> bool:
+    """Equal values; for ``model`` also two spellings of one local directory."""
+    if saved == requested:
+        return True
+    if key == "model" and saved and requested and Path(saved).exists() and Path(requested).exists():
+        return Path(saved).resolve() == Path(requested).resolve()
+    return False
