@@ -12,6 +12,7 @@ Stages (each writes ``<stage>[_<tag>].json`` to --out as soon as it ends, and ke
   prefill alone, one decode step alone (mean of the N - 1 graph replays of a rollout, device events) and the
   weight refresh.
 * profile_step: kernel times of one compiled decode step launched without the graph (top kernels).
+* profile_prefill: kernel times of one call's prefill (the distinct prompts through the eager layers).
 * bench_rollout: `hrpo bench rollout` at that shape (graph engine and the HF generate baselines).
 * bench_train: `hrpo bench train`, the paper's GSM8K micro-batch (8 x (1024 + 1024), LoRA r32, checkpointing).
 * bench_rollout_embedded: the embedded model's shape, batch 8.
@@ -210,6 +211,30 @@ def profile_step(group: int = 1, lora_r: int = 0, steps: int = 5) -> dict:
             "kernels_per_step": sum(e.count for e in events) / steps, "top_kernels": rows}
 
 
+def profile_prefill(group: int = 1, lora_r: int = 0, repeats: int = 3) -> dict:
+    """Kernel times of the prefill of one rollout call (eager layers; the distinct prompts only)."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    model, ids, kw, sampling = _setup(group, lora_r)
+    mask = torch.ones_like(ids)
+    generate(model, ids, mask, dataclasses.replace(sampling, max_new_tokens=32), **kw)
+    engine = fr._GRAPHS[id(model)]
+    modules = fr.model_modules(model)
+    run = lambda: fr.prefill(engine.state, ids, mask, group, engine.weights, modules)  # noqa: E731
+    run()
+    prefill_ms = _event_ms(run, repeats)
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            run()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    rows = [{"name": e.key[:100], "calls": e.count / repeats, "us": e.device_time_total / repeats}
+            for e in sorted(events, key=lambda e: -e.device_time_total)[:30]]
+    return {"group": group, "lora_r": lora_r, "prefill_ms": prefill_ms,
+            "gpu_us": sum(e.device_time_total for e in events) / repeats,
+            "kernels": sum(e.count for e in events) / repeats, "top_kernels": rows}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -233,6 +258,7 @@ def main():
         "equivalence": equivalence,
         "breakdown": lambda: breakdown(args.group, args.lora_r, tuple(args.modes.split(","))),
         "profile_step": lambda: profile_step(args.group, args.lora_r),
+        "profile_prefill": lambda: profile_prefill(args.group, args.lora_r),
         "bench_rollout": lambda: bench_rollout(SHAPE, BATCH, PROMPT, NEW, engines=("graph",), repeats=2, log=log,
                                                baselines=tuple(b for b in args.baselines.split(",") if b),
                                                lora_r=args.lora_r, group=args.group),
