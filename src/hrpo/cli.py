@@ -1,4 +1,4 @@
-"""The `hrpo` command line: train, generate, eval, plot and compare."""
+"""The `hrpo` command line: train, generate, eval, bench, plot and compare."""
 
 from __future__ import annotations
 

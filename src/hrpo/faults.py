@@ -179,7 +179,8 @@ def oom_message(cfg, exc: BaseException, step: int) -> str:
     values = ", ".join(f"{key} (now {getattr(cfg, key)})" for key in OOM_SETTINGS)
     checkpointing = "" if cfg.gradient_checkpointing else " or turn on --gradient-checkpointing"
     return (f"out of memory during {_oom_phase(exc)} of step {step + 1}: {first}\n"
-            f"Lower one of {values}{checkpointing}; a smaller micro_batch_size keeps the results the same.")
+            f"Lower one of {values}{checkpointing}; a smaller micro_batch_size keeps the results the same "
+            f"(up to float rounding; a multiple of group_size keeps sharing each prompt's forward).")
 
 
 @contextmanager
