@@ -190,7 +190,7 @@ def test_out_of_memory_names_the_settings_to_lower(tmp_path, tiny_model_dirs, ca
     import hrpo.trainer
 
     monkeypatch.setattr(hrpo.trainer, fake.__name__, fake)
-    code = main(_train_argv(tiny_model_dirs["llama"], tmp_path / "run", 2))
+    code = main(_train_argv(tiny_model_dirs["llama"], tmp_path / "run", 2, "--beta", "0"))  # no reference pass
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert f"out of memory during {phase} of step 1: CUDA out of memory. Tried to allocate 20.00 GiB" in err
@@ -340,3 +340,94 @@ def test_interrupted_message_and_exit_codes(tmp_path):
     assert str(exc) == (f"stopped by SIGTERM; checkpoint written: {tmp_path / 'checkpoint-7'}\n"
                         f"Resume with: hrpo train --resume {tmp_path}")
     assert faults.DeviceOutOfMemoryError("x").exit_code == 2 and NonFiniteError("x").exit_code == 1
+
+
+@pytest.mark.parametrize("target, phase", [("reference_logprobs", "the reference forward"),
+                                           ("periodic_eval", "the periodic evaluation")])
+def test_out_of_memory_inside_the_model_names_the_outer_phase(tmp_path, tiny_model_dirs, capsys, monkeypatch,
+                                                               target, phase):
+    """Raised deep inside a Linear layer: the reference forward runs completion_logprobs and the evaluation the
+    rollout, so the phase is the outermost one found in the traceback."""
+    import hrpo.trainer
+
+    inside = {"on": False}
+    linear_forward = torch.nn.Linear.forward
+
+    def forward(self, *args, **kwargs):
+        if inside["on"]:
+            _oom()
+        return linear_forward(self, *args, **kwargs)
+
+    original = getattr(hrpo.trainer, target)
+
+    def during(*args, **kwargs):
+        inside["on"] = True
+        try:
+            return original(*args, **kwargs)
+        finally:
+            inside["on"] = False
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", forward)
+    monkeypatch.setattr(hrpo.trainer, target, during)
+    argv = _train_argv(tiny_model_dirs["llama"], tmp_path / "run", 1) + ["--beta", "0.01"]
+    if target == "periodic_eval":
+        argv += ["--eval-task", "arithmetic", "--eval-every", "1", "--eval-limit", "2"]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and f"out of memory during {phase} of step 1" in err
+
+
+_SLOW_REWARDS = """
+import os, signal, sys, time
+sys.path.insert(0, {src!r})
+from hrpo.faults import GracefulStop, contained_rewards
+def reward(completion, example):
+    open({pids!r}, "a").write(f"{{os.getpid()}}\\n")
+    time.sleep({sleep})
+    return 1.0
+with GracefulStop({run_dir!r}) as stop:
+    batch = contained_rewards(reward, ["a", "b", "c"], [{{}}] * 3, timeout={timeout})
+print(batch.rewards, batch.failures, stop.requested, flush=True)
+"""
+
+
+def _slow_rewards(tmp_path, sleep, timeout):
+    pids = tmp_path / "pids"
+    code = _SLOW_REWARDS.format(src=str(Path(faults.__file__).parents[1]), pids=str(pids), sleep=sleep,
+                                run_dir=str(tmp_path), timeout=timeout)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # its own process group, as under torchrun
+    deadline = time.time() + 60
+    while not (pids.is_file() and pids.read_text().strip()):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    return proc, int(pids.read_text().split()[0])
+
+
+def test_a_launcher_sigterm_to_the_process_group_does_not_fail_a_reward_call(tmp_path):
+    """torchrun, accelerate and Slurm signal the whole group: the step still finishes with every reward."""
+    proc, _ = _slow_rewards(tmp_path, sleep=0.5, timeout=30)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert out.strip() == "[1.0, 1.0, 1.0] [] True", err
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_a_hung_reward_process_dies_with_a_killed_trainer(tmp_path):
+    proc, worker = _slow_rewards(tmp_path, sleep=600, timeout=600)
+    assert _alive(worker)
+    proc.kill()  # kill -9 of the trainer alone
+    proc.communicate(timeout=30)
+    deadline = time.time() + 10
+    while _alive(worker) and time.time() < deadline:
+        time.sleep(0.05)
+    if _alive(worker):
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the reward worker outlived its parent")

@@ -158,7 +158,8 @@ def nonfinite_parameters(named: Sequence[tuple[str, "object"]]) -> list[str]:
 
 OOM_SETTINGS = ("micro_batch_size", "group_size", "prompts_per_step", "max_new_tokens", "max_prompt_length")
 
-# function (or hrpo module) in the traceback, innermost first -> phase named in the message
+# function (or hrpo module) in the traceback, outermost first -> phase named in the message (the reference
+# forward runs completion_logprobs inside reference_logprobs, the periodic evaluation the rollout inside evaluate)
 _PHASES = {"generate": "the rollout", "rollout.py": "the rollout", "fast_rollout.py": "the rollout",
            "reference_logprobs": "the reference forward", "completion_logprobs": "the policy forward",
            "hrpo_loss": "the loss", "backward": "the backward pass", "periodic_eval": "the periodic evaluation",
@@ -166,7 +167,7 @@ _PHASES = {"generate": "the rollout", "rollout.py": "the rollout", "fast_rollout
 
 
 def _oom_phase(exc: BaseException) -> str:
-    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+    for frame in traceback.extract_tb(exc.__traceback__):
         for key in (frame.name, Path(frame.filename).name if "hrpo" in frame.filename else None):
             if key in _PHASES:
                 return _PHASES[key]
@@ -218,9 +219,26 @@ def _one_reward(fn: Callable, completion: str, example: dict) -> tuple[float | N
     return value, None
 
 
-def _reward_worker(fn, completions, examples, start, conn) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel SIGKILL this process when its parent dies (even by SIGKILL), so a hung reward
+    call never outlives the trainer."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _reward_worker(fn, completions, examples, start, conn, parent: int) -> None:
+    # Ctrl-C, and the SIGTERM of launchers (torchrun, accelerate, Slurm), reach the whole process group: the
+    # parent decides (it finishes the step, then stops this worker with SIGKILL).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent(parent)
     for i in range(start, len(completions)):
         conn.send((i, *_one_reward(fn, completions[i], examples[i])))
     conn.close()
@@ -228,7 +246,8 @@ def _reward_worker(fn, completions, examples, start, conn) -> None:
 
 def _start_worker(ctx, fn, completions, examples, start):
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_reward_worker, args=(fn, completions, examples, start, send), daemon=True)
+    proc = ctx.Process(target=_reward_worker, args=(fn, completions, examples, start, send, os.getpid()),
+                       daemon=True)
     for stream in (sys.stdout, sys.stderr):  # or the child would print the parent's buffered text again
         stream.flush()
     with warnings.catch_warnings():
