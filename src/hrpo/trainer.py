@@ -11,6 +11,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -301,7 +302,9 @@ def train_step(trainer: Trainer) -> dict:
     else:
         trainer.optimizer.step()
     lr = trainer.scheduler.get_last_lr()[0]
-    trainer.scheduler.step()
+    with warnings.catch_warnings():  # a skipped first update: the schedule still advances, on purpose
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        trainer.scheduler.step()
     trainer.step += 1
     t_end = time.perf_counter()
 
