@@ -181,11 +181,26 @@ def breakdown(group: int = 1, lora_r: int = 0, modes=("hybrid", "discrete")) -> 
     return report
 
 
+def _kernel_times(run, repeats: int, top: int = 40) -> dict:
+    """CUDA kernel times of ``run()``, per call (mean over ``repeats`` profiled calls): the total, the number of
+    kernel launches and the ``top`` kernels by time."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            run()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    rows = [{"name": e.key[:100], "calls": e.count / repeats, "us": e.device_time_total / repeats}
+            for e in sorted(events, key=lambda e: -e.device_time_total)[:top]]
+    return {"gpu_us": sum(e.device_time_total for e in events) / repeats,
+            "kernels": sum(e.count for e in events) / repeats, "top_kernels": rows}
+
+
 def profile_step(group: int = 1, lora_r: int = 0, steps: int = 5) -> dict:
     """Kernel times of the compiled step launched without the graph, per step (the profiler over graph replays
     crashed the process on torch 2.11)."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
-
     model, ids, kw, sampling = _setup(group, lora_r)
     generate(model, ids, torch.ones_like(ids), dataclasses.replace(sampling, max_new_tokens=32), **kw)
     engine = fr._GRAPHS[id(model)]
@@ -199,22 +214,11 @@ def profile_step(group: int = 1, lora_r: int = 0, steps: int = 5) -> dict:
 
     for _ in range(2):
         step()
-    torch.cuda.synchronize()
-    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            step()
-        torch.cuda.synchronize()
-    events = prof.key_averages()
-    rows = [{"name": e.key[:100], "calls_per_step": e.count / steps, "us_per_step": e.device_time_total / steps}
-            for e in sorted(events, key=lambda e: -e.device_time_total)[:40]]
-    return {"lora_r": lora_r, "gpu_us_per_step": sum(e.device_time_total for e in events) / steps,
-            "kernels_per_step": sum(e.count for e in events) / steps, "top_kernels": rows}
+    return {"lora_r": lora_r, **_kernel_times(step, steps)}
 
 
 def profile_prefill(group: int = 1, lora_r: int = 0, repeats: int = 3) -> dict:
     """Kernel times of the prefill of one rollout call (eager layers; the distinct prompts only)."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
-
     model, ids, kw, sampling = _setup(group, lora_r)
     mask = torch.ones_like(ids)
     generate(model, ids, mask, dataclasses.replace(sampling, max_new_tokens=32), **kw)
@@ -223,16 +227,7 @@ def profile_prefill(group: int = 1, lora_r: int = 0, repeats: int = 3) -> dict:
     run = lambda: fr.prefill(engine.state, ids, mask, group, engine.weights, modules)  # noqa: E731
     run()
     prefill_ms = _event_ms(run, repeats)
-    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(repeats):
-            run()
-        torch.cuda.synchronize()
-    events = prof.key_averages()
-    rows = [{"name": e.key[:100], "calls": e.count / repeats, "us": e.device_time_total / repeats}
-            for e in sorted(events, key=lambda e: -e.device_time_total)[:30]]
-    return {"group": group, "lora_r": lora_r, "prefill_ms": prefill_ms,
-            "gpu_us": sum(e.device_time_total for e in events) / repeats,
-            "kernels": sum(e.count for e in events) / repeats, "top_kernels": rows}
+    return {"group": group, "lora_r": lora_r, "prefill_ms": prefill_ms, **_kernel_times(run, repeats, top=30)}
 
 
 def main():
