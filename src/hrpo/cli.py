@@ -73,22 +73,6 @@ def _check_generate(args: argparse.Namespace) -> None:
                               f"{exc.strerror or exc}") from None
 
 
-def _check_eval(args: argparse.Namespace) -> None:
-    _check_device(args.device)
-
-
-def _check_bench(args: argparse.Namespace) -> None:
-    from .bench import check_bench_args
-
-    _check_device(args.device)
-    rollout = args.what == "rollout"
-    check_bench_args(args.batch or (64 if rollout else 8), args.prompt_len or (256 if rollout else 1024),
-                     args.new_tokens or (256 if rollout else 1024), repeats=args.repeats,
-                     engines=_split(args.engines) if rollout else None,
-                     baselines=_split(args.baselines) if rollout else None, device=args.device,
-                     group=args.group if rollout else 1, lora_r=args.lora_r)
-
-
 def _split(value: str | None) -> tuple[str, ...] | None:
     """A comma list flag: None when not given, else its non-empty items."""
     return tuple(x.strip() for x in value.split(",") if x.strip()) if value else None
@@ -103,17 +87,6 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "(default" in text or action.default is None or action.default is False:
             return text
         return super()._get_help_string(action)
-
-
-def _dedupe_config_defaults(parser: argparse.ArgumentParser) -> None:
-    """add_config_arguments appends " (default: X)" to every config key's help; drop it where the help already
-    states the default in its own words (it read "... (default: runs/<mode>-<timestamp>). (default: None)") or
-    where X is None (no value: the help says what happens then)."""
-    for action in parser._actions:
-        text = action.help or ""
-        head, sep, tail = text.rpartition(" (default: ")
-        if sep and ("(default" in head or tail == "None)"):
-            action.help = head
 
 
 def _preset_text() -> str:
@@ -135,7 +108,6 @@ def _train_parser(sub) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="Continue the run in RUN_DIR from its last checkpoint.")
     p.add_argument("--quiet", action="store_true", help="No progress bar or messages.")
     add_config_arguments(p)
-    _dedupe_config_defaults(p)
 
 
 def _policy_arguments(p) -> None:
@@ -343,7 +315,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from . import tasks
     from .evaluate import evaluate, summary_table, write_report
 
-    _check_eval(args)
+    _check_device(args.device)
     data = args.data or []
     if len(data) > 1 and len(data) != len(args.task):
         raise ConfigError(f"--data was given {len(data)} times for {len(args.task)} tasks: give it once for all "
@@ -410,7 +382,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_rollout, bench_train, rollout_table
 
-    _check_bench(args)
+    _check_device(args.device)  # bench_rollout / bench_train check the rest before building a model
     log = None if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     if args.what == "rollout":
         report = bench_rollout(args.shape, args.batch or 64, args.prompt_len or 256, args.new_tokens or 256,

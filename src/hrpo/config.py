@@ -281,9 +281,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     for f in config_fields():
         flag = "--" + f.name.replace("_", "-")
         tp = _field_type(f)
-        default_text = f" (default: {f.default})"
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                                  "help": f.metadata["help"] + default_text}
+        text = f.metadata["help"]
+        if "(default" not in text and f.default is not None:  # else the help says what happens without it
+            text += f" (default: {f.default})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
