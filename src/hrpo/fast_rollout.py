@@ -159,8 +159,8 @@ def fuse(parts: list[LinearParts], name: str, out: dict | None = None) -> dict[s
     into a bf16 W instead mostly rounds away; see :func:`linear_parts`). A single plain weight is used as it is
     (no copy), so a step reads the parameter itself.
 
-    ``out``: an earlier result for parts of the same shapes; its tensors are overwritten in place (no new
-    memory, addresses kept for a captured graph) and it is returned.
+    ``out``: a dict holding an earlier result for parts of the same shapes (e.g. a whole layer's); those
+    tensors are overwritten in place (no new memory, addresses kept for a captured graph) and returned.
     """
     lora = [p for p in parts if p.lora_a is not None]
     rows = [p.weight for p in parts] + [p.lora_a for p in lora]
@@ -189,7 +189,7 @@ def fuse(parts: list[LinearParts], name: str, out: dict | None = None) -> dict[s
     if out[f"{name}_bias"] is not None:
         _write_rows(out[f"{name}_bias"], [p.bias if p.bias is not None else weight.new_zeros(p.weight.shape[0])
                                           for p in parts])
-    return out
+    return {key: out[key] for key in (name, f"{name}_bias", f"{name}_lora_b")}
 
 
 def project(x: torch.Tensor, w: dict, name: str) -> torch.Tensor:
