@@ -10,9 +10,9 @@ Stages (each writes ``<stage>[_<tag>].json`` to --out as soon as it ends, and ke
   end early: eager vs graph (same row seeds -> same tokens; latents and log-probs within 1e-4).
 * breakdown: Qwen2.5-1.5B shape, batch 64, prompt 256, 256 new tokens on the graph engine: a whole call, the
   prefill alone, one decode step alone (mean of the N - 1 graph replays of a rollout, device events) and the
-  weight refresh.
+  weight refresh; the call and the prefill also with the eager prefill layer.
 * profile_step: kernel times of one compiled decode step launched without the graph (top kernels).
-* profile_prefill: kernel times of one call's prefill (the distinct prompts through the eager layers).
+* profile_prefill: kernel times of one call's prefill (the distinct prompts), compiled and eager layers.
 * bench_rollout: `hrpo bench rollout` at that shape (graph engine and the HF generate baselines).
 * bench_train: `hrpo bench train`, the paper's GSM8K micro-batch (8 x (1024 + 1024), LoRA r32, checkpointing).
 * bench_rollout_embedded: the embedded model's shape, batch 8.
@@ -149,7 +149,8 @@ def _event_ms(fn, repeats: int) -> float:
 
 
 def breakdown(group: int = 1, lora_r: int = 0, modes=("hybrid", "discrete")) -> dict:
-    """Where one rollout call's time goes on the graph engine."""
+    """Where one rollout call's time goes on the graph engine; the whole call and the prefill are also timed
+    with the eager prefill layer (same process, same captured graphs)."""
     model, ids, kw, sampling = _setup(group, lora_r)
     mask = torch.ones_like(ids)
     report = {"options": dataclasses.asdict(fr.OPTIONS), "group": group, "lora_r": lora_r}
@@ -160,23 +161,36 @@ def breakdown(group: int = 1, lora_r: int = 0, modes=("hybrid", "discrete")) -> 
         run()
         torch.cuda.synchronize()
         first = time.perf_counter() - t
-        calls = []
-        for _ in range(3):
-            t = time.perf_counter()
-            run()
-            torch.cuda.synchronize()
-            calls.append(time.perf_counter() - t)
         engine = fr._GRAPHS[id(model)]
+        compiled_prefill = engine.prefill_layer
+        best = {}
+        for name, layer_fn in (("compiled", compiled_prefill), ("eager", fr.decoder_layer)):
+            engine.prefill_layer = layer_fn
+            run()
+            calls = []
+            for _ in range(3):
+                t = time.perf_counter()
+                run()
+                torch.cuda.synchronize()
+                calls.append(time.perf_counter() - t)
+            best[name] = min(calls)
+        engine.prefill_layer = compiled_prefill
         state, modules = engine.state, fr.model_modules(model)
-        prefill_ms = _event_ms(lambda: fr.prefill(state, ids, mask, group, engine.weights, modules), 3)
-        fr.reset_outputs(state, kw["row_seeds"])
-        steps = iter(range(NEW - 1))  # the real schedule: the attended length grows with t
-        step_ms = _event_ms(lambda: engine.replay(PROMPT + next(steps) + 1), NEW - 1)
-        weights_ms = _event_ms(lambda: fr.decode_weights(model, into=engine.weights), 3)
-        report[mode] = {"compiled": engine.compiled, "first_call_s": first, "call_s": min(calls),
-                        "steps_per_s": NEW / min(calls), "prefill_ms": prefill_ms, "step_ms": step_ms,
+        with torch.no_grad():
+            prefill_ms = {name: _event_ms(lambda: fr.prefill(state, ids, mask, group, engine.weights, modules,
+                                                               layer_fn), 3)
+                          for name, layer_fn in (("compiled", compiled_prefill), ("eager", fr.decoder_layer))}
+            fr.reset_outputs(state, kw["row_seeds"])
+            steps = iter(range(NEW - 1))  # the real schedule: the attended length grows with t
+            step_ms = _event_ms(lambda: engine.replay(PROMPT + next(steps) + 1), NEW - 1)
+            weights_ms = _event_ms(lambda: fr.decode_weights(model, into=engine.weights), 3)
+        report[mode] = {"compiled": engine.compiled, "first_call_s": first, "call_s": best["compiled"],
+                        "steps_per_s": NEW / best["compiled"], "call_s_eager_prefill": best["eager"],
+                        "steps_per_s_eager_prefill": NEW / best["eager"], "prefill_ms": prefill_ms["compiled"],
+                        "prefill_eager_ms": prefill_ms["eager"], "step_ms": step_ms,
                         "decode_steps_per_s": 1000 / step_ms, "weight_refresh_ms": weights_ms,
-                        "rest_ms": 1000 * min(calls) - prefill_ms - (NEW - 1) * step_ms - weights_ms}
+                        "rest_ms": 1000 * best["compiled"] - prefill_ms["compiled"] - (NEW - 1) * step_ms
+                        - weights_ms}
         print(mode, json.dumps(report[mode]), flush=True)
     return report
 
@@ -218,16 +232,22 @@ def profile_step(group: int = 1, lora_r: int = 0, steps: int = 5) -> dict:
 
 
 def profile_prefill(group: int = 1, lora_r: int = 0, repeats: int = 3) -> dict:
-    """Kernel times of the prefill of one rollout call (eager layers; the distinct prompts only)."""
+    """Kernel times of the prefill of one rollout call (the distinct prompts only), with the engine's compiled
+    prefill layer and with the eager one."""
     model, ids, kw, sampling = _setup(group, lora_r)
     mask = torch.ones_like(ids)
     generate(model, ids, mask, dataclasses.replace(sampling, max_new_tokens=32), **kw)
     engine = fr._GRAPHS[id(model)]
     modules = fr.model_modules(model)
-    run = lambda: fr.prefill(engine.state, ids, mask, group, engine.weights, modules)  # noqa: E731
-    run()
-    prefill_ms = _event_ms(run, repeats)
-    return {"group": group, "lora_r": lora_r, "prefill_ms": prefill_ms, **_kernel_times(run, repeats, top=30)}
+    report = {"group": group, "lora_r": lora_r}
+    for name, layer_fn in (("compiled", engine.prefill_layer), ("eager", fr.decoder_layer)):
+        def run():
+            with torch.no_grad():
+                fr.prefill(engine.state, ids, mask, group, engine.weights, modules, layer_fn)
+
+        run()
+        report[name] = {"prefill_ms": _event_ms(run, repeats), **_kernel_times(run, repeats, top=20)}
+    return report
 
 
 def main():

@@ -309,3 +309,40 @@ def test_a_lone_plain_projection_is_read_from_the_parameter(tokenizer):
         torch.testing.assert_close(project(x, w, "qkv"), expected)
         torch.testing.assert_close(project(x, w, "gate_up"),
                                    torch.cat([layer.mlp.gate_proj(x), layer.mlp.up_proj(x)], -1))
+
+
+def _prefilled(model, prompts, pad_id, layer_fn, group=1):
+    from hrpo.fast_rollout import allocate_state, decode_weights, model_modules, prefill
+
+    ids, mask = left_pad([p for p in prompts for _ in range(group)], pad_id)
+    weights, modules = decode_weights(model), model_modules(model)
+    state = allocate_state(weights, ids.shape[0], ids.shape[1] + 4, 4, modules.embed.weight.shape[1],
+                           weights.lm_head.shape[0], True, torch.float32, ids.device)
+    prefill(state, ids, mask, group, weights, modules, layer_fn)
+    return state
+
+
+def test_compiled_prefill_equals_the_eager_one_for_any_prompt_shape(lora_model, tokenizer):
+    """The prefill layer the graph engine builds (compiled with dynamic shapes, warmed up on 2 prompts of 8
+    tokens) serves other prompt counts and lengths without recompiling (a recompilation raises here) and fills
+    the same cache, logits, hidden states and positions as the eager layer."""
+    import torch._dynamo
+
+    from hrpo.fast_rollout import _prefill_layer_for, decode_weights, decoder_layer, model_modules
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        compiled = _prefill_layer_for(decode_weights(lora_model), model_modules(lora_model), torch.float32,
+                                      torch.device("cpu"))
+    assert compiled is not decoder_layer
+    shapes = [(PROMPTS, 2), ([[3, 4, 5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17], [18, 19, 20]], 1)]
+    for prompts, group in shapes:
+        with torch._dynamo.config.patch(error_on_recompile=True), torch.no_grad():
+            fast = _prefilled(lora_model, prompts, tokenizer.pad_token_id, compiled, group)
+        with torch.no_grad():
+            eager = _prefilled(lora_model, prompts, tokenizer.pad_token_id, decoder_layer, group)
+        for a, b in zip(fast.kv, eager.kv):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fast.logits, eager.logits, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(fast.hidden, eager.hidden, atol=1e-5, rtol=1e-5)
+        assert torch.equal(fast.positions, eager.positions) and torch.equal(fast.valid, eager.valid)

@@ -15,7 +15,9 @@ latents, gate and log-probs); only the decode machinery differs:
 * one step (sample + latent + gate + forward) only reads and writes fixed buffers, so on CUDA its layer halves
   and sampler are compiled with ``torch.compile`` and the step is captured as CUDA graphs per (batch, cache
   length), one per attended length; finished rows keep stepping (masked), and the host checks "all finished"
-  every few steps only.
+  every few steps only;
+* the prefill runs the distinct prompts once through the same layer halves, compiled there for any number and
+  length of prompts (one compilation with dynamic shapes).
 """
 
 from __future__ import annotations
@@ -307,6 +309,7 @@ class GraphOptions:
     attention: str = "auto"
     compile_layers: bool = True  # torch.compile the decoder layer (one compiled body shared by all layers)
     compile_sampler: bool = True  # torch.compile sampling + latent + gate
+    compile_prefill: bool = True  # torch.compile the prefill's layer halves, with dynamic shapes
     compile_mode: str | None = None  # torch.compile mode, e.g. "max-autotune-no-cudagraphs"
 
 
@@ -541,9 +544,9 @@ def decode_step(state: DecodeState, spec: StepSpec, weights: DecodeWeights, modu
 
 
 def prefill(state: DecodeState, prompt_ids, prompt_mask, group: int, weights: DecodeWeights,
-            modules: Modules) -> None:
+            modules: Modules, layer_fn=decoder_layer) -> None:
     """Run the prompts (B, P) once per distinct prompt (rows in runs of ``group``), fill cache slots [0, P),
-    the validity mask, the first logits and positions."""
+    the validity mask, the first logits and positions (``layer_fn``: see :func:`prefill_layer`)."""
     batch, length = prompt_ids.shape
     rows = slice(None, None, group)
     ids, mask = prompt_ids[rows], prompt_mask[rows].bool()
@@ -554,7 +557,8 @@ def prefill(state: DecodeState, prompt_ids, prompt_mask, group: int, weights: De
     kv_shape = (2, n, weights.num_kv_heads, length, weights.head_dim)
     prompt_kv = [torch.empty(kv_shape, dtype=state.kv[0].dtype, device=device) for _ in weights.tensors]
     slots = torch.arange(length, device=device)
-    logits, hidden = forward(modules.embed(ids), positions, slots, attend[:, None], weights, modules, prompt_kv)
+    logits, hidden = forward(modules.embed(ids), positions, slots, attend[:, None], weights, modules, prompt_kv,
+                             layer_fn)
     for cache, fresh in zip(state.kv, prompt_kv):
         grouped = cache.view(2, n, group, *cache.shape[2:])  # rows of one prompt side by side
         grouped[..., :length, :].copy_(fresh[:, :, None])
@@ -592,7 +596,8 @@ class GraphEngine:
     state: DecodeState
     spec: StepSpec
     graphs: dict[int, torch.cuda.CUDAGraph]
-    compiled: str  # what ran compiled: "layers+sampler", "layers" or "none"
+    compiled: str  # what ran compiled: "layers+sampler+prefill", ..., or "none"
+    prefill_layer: object  # the layer function of this engine's prefill (see :func:`prefill_layer`)
 
     def replay(self, filled: int) -> None:
         """One decode step when cache slots [0, filled) will be written (prompt + this step's input)."""
@@ -602,13 +607,67 @@ class GraphEngine:
 _GRAPHS: dict[int, GraphEngine] = {}  # one captured engine per model (the latest shape)
 
 
-def _compiled(fn):
+def _compiled(fn, dynamic: bool = False):
     import torch._dynamo
 
     for name in ("recompile_limit", "cache_size_limit"):  # one compiled variant per model shape, not per call
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
-    return torch.compile(fn, dynamic=False, mode=OPTIONS.compile_mode)
+    return torch.compile(fn, dynamic=dynamic, mode=OPTIONS.compile_mode)
+
+
+def _mark_dynamic(t: torch.Tensor | None, *dims: int) -> None:
+    for dim in dims:
+        if t is not None and t.shape[dim] > 1:  # size 1 is always specialised by the compiler
+            torch._dynamo.mark_dynamic(t, dim)
+
+
+def prefill_layer(compiled: bool):
+    """The decoder layer :func:`prefill` runs: its halves compiled once for every prompt count and length
+    (those two dimensions are marked dynamic, the weights' stay static; a count or length of 1 compiles once
+    more), or the eager layer."""
+    if not compiled:
+        return decoder_layer
+    import torch._dynamo
+
+    pre, post = _compiled(attention_inputs, dynamic=None), _compiled(layer_output, dynamic=None)
+
+    def prompt_pre(x, delta, w, cos, sin, dims):
+        for t in (x, delta, cos, sin):  # (n, P, ...)
+            _mark_dynamic(t, 0, 1)
+        return pre(x, delta, w, cos, sin, dims)
+
+    def prompt_post(x, attn, w, dims, act):
+        _mark_dynamic(x, 0, 1)
+        _mark_dynamic(attn, 0, 2)  # (n, heads, P, D)
+        return post(x, attn, w, dims, act)
+
+    return make_layer(prompt_pre, prompt_post)
+
+
+def _prefill_layer_for(weights: DecodeWeights, modules: Modules, dtype, device):
+    """The prefill layer :data:`OPTIONS` asks for, compiled now on 2 prompts of 8 tokens (a scratch cache) so
+    that a compiler error shows while the engine is built; on one, the eager layer (with a warning)."""
+    if not OPTIONS.compile_prefill:
+        return decoder_layer
+    layer_fn = prefill_layer(True)
+    try:
+        _warm_up_prefill(layer_fn, weights, modules, dtype, device)
+    except Exception as err:
+        warnings.warn(f"compiling the prefill failed ({type(err).__name__}: {err}); it runs eager")
+        return decoder_layer
+    return layer_fn
+
+
+def _warm_up_prefill(layer_fn, weights: DecodeWeights, modules: Modules, dtype, device) -> None:
+    n, length = 2, 8
+    ids = torch.zeros(n, length, dtype=torch.long, device=device)
+    positions = torch.arange(length, device=device).expand(n, length)
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    scratch = [torch.zeros(2, n, weights.num_kv_heads, length, weights.head_dim, dtype=dtype, device=device)
+               for _ in weights.tensors]
+    forward(modules.embed(ids), positions, torch.arange(length, device=device), causal.expand(n, 1, length, length),
+            weights, modules, scratch, layer_fn)
 
 
 def step_functions(compile_layers: bool, compile_sampler: bool):
@@ -640,8 +699,11 @@ def _capture_once(model, weights: DecodeWeights, spec: StepSpec, key, batch, cac
         state.step.zero_()
         with torch.cuda.graph(graphs[attend], pool=pool):
             decode_step(state, spec, weights, modules, layer_fn, sampler, attend)
-    compiled = "+".join(n for n, on in (("layers", compile_layers), ("sampler", compile_sampler)) if on) or "none"
-    return GraphEngine(key=key, weights=weights, state=state, spec=spec, graphs=graphs, compiled=compiled)
+    prefill_fn = _prefill_layer_for(weights, modules, embed.weight.dtype, embed.weight.device)
+    compiled = "+".join(n for n, on in (("layers", compile_layers), ("sampler", compile_sampler),
+                                        ("prefill", prefill_fn is not decoder_layer)) if on) or "none"
+    return GraphEngine(key=key, weights=weights, state=state, spec=spec, graphs=graphs, compiled=compiled,
+                       prefill_layer=prefill_fn)
 
 
 def _capture(model, weights: DecodeWeights, spec: StepSpec, key, batch, cache_len) -> GraphEngine:
@@ -719,6 +781,7 @@ def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sa
         state, weights = graph_engine.state, graph_engine.weights
         step_fn = lambda t: graph_engine.replay(length + t + 1)  # noqa: E731
         sync_every = sync_every or SYNC_EVERY
+        layer_fn = graph_engine.prefill_layer
     else:
         weights = decode_weights(model)
         state = allocate_state(weights, batch, length + max_new, max_new, modules.embed.weight.shape[1],
@@ -726,7 +789,8 @@ def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sa
         step_fn = lambda t: decode_step(state, spec, weights, modules, decoder_layer,  # noqa: E731
                                         attend=length + t + 1)
         sync_every = sync_every or 1
-    prefill(state, prompt_ids, prompt_mask, group, weights, modules)
+        layer_fn = decoder_layer
+    prefill(state, prompt_ids, prompt_mask, group, weights, modules, layer_fn)
     reset_outputs(state, row_seeds)
     run_steps(state, spec, modules, step_fn, sync_every)
     return _rollout(state, prompt_ids, prompt_mask)
