@@ -87,6 +87,7 @@ def equivalence(modes=("hybrid", "discrete", "hidden"), engines=("eager", "graph
             runs = {e: generate(model, ids, mask, sampling, eos_token_ids=eos, engine=e, **kw) for e in engines}
             entry = {"columns": int(runs["eager"].completion_ids.shape[1]),
                      "thinking_tokens": int(runs["eager"].thinking_mask.sum()),
+                     "compiled": fr._GRAPHS[id(model)].compiled if "graph" in engines else None,
                      **{f"{e}_vs_eager": compare(runs["eager"], runs[e]) for e in engines if e != "eager"}}
             for e in engines:
                 if e != "eager":
