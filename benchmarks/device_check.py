@@ -13,6 +13,7 @@ Stages (each writes ``<stage>[_<tag>].json`` to --out as soon as it ends, and ke
   weight refresh; the call and the prefill also with the eager prefill layer.
 * profile_step: kernel times of one compiled decode step launched without the graph (top kernels).
 * profile_prefill: kernel times of one call's prefill (the distinct prompts), compiled and eager layers.
+* prefill_graph: that prefill's time, host enqueue time and the replay time of it captured as a CUDA graph.
 * bench_rollout: `hrpo bench rollout` at that shape (graph engine and the HF generate baselines).
 * bench_train: `hrpo bench train`, the paper's GSM8K micro-batch (8 x (1024 + 1024), LoRA r32, checkpointing).
 * bench_rollout_embedded: the embedded model's shape, batch 8.
@@ -251,6 +252,45 @@ def profile_prefill(group: int = 1, lora_r: int = 0, repeats: int = 3) -> dict:
     return report
 
 
+def prefill_graph(group: int = 1, lora_r: int = 0, repeats: int = 10) -> dict:
+    """What a CUDA graph would save on the prefill: one call's prefill (compiled and eager layers) timed as it
+    runs now (device events), the host time to enqueue it, and the replay of the same prefill captured as a
+    CUDA graph (fixed prompt shape; an experiment, not the engine's path)."""
+    model, ids, kw, sampling = _setup(group, lora_r)
+    mask = torch.ones_like(ids)
+    generate(model, ids, mask, dataclasses.replace(sampling, max_new_tokens=32), **kw)
+    engine = fr._GRAPHS[id(model)]
+    modules = fr.model_modules(model)
+    report = {"group": group, "lora_r": lora_r}
+    for name, layer_fn in (("compiled", engine.prefill_layer), ("eager", fr.decoder_layer)):
+        def run():
+            fr.prefill(engine.state, ids, mask, group, engine.weights, modules, layer_fn)
+
+        entry = report[name] = {}
+        try:
+            with torch.no_grad():
+                run()
+                entry["prefill_ms"] = _event_ms(run, repeats)
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                run()
+                entry["host_enqueue_ms"] = 1000 * (time.perf_counter() - t)
+                torch.cuda.synchronize()
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    run()
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    run()
+                entry["graph_replay_ms"] = _event_ms(graph.replay, repeats)
+        except Exception as err:
+            entry["error"] = f"{type(err).__name__}: {err}"
+        print(name, json.dumps(entry), flush=True)
+    return report
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -275,6 +315,7 @@ def main():
         "breakdown": lambda: breakdown(args.group, args.lora_r, tuple(args.modes.split(","))),
         "profile_step": lambda: profile_step(args.group, args.lora_r),
         "profile_prefill": lambda: profile_prefill(args.group, args.lora_r),
+        "prefill_graph": lambda: prefill_graph(args.group, args.lora_r),
         "bench_rollout": lambda: bench_rollout(SHAPE, BATCH, PROMPT, NEW, engines=("graph",), repeats=2, log=log,
                                                baselines=tuple(b for b in args.baselines.split(",") if b),
                                                lora_r=args.lora_r, group=args.group),
