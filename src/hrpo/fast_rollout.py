@@ -607,7 +607,7 @@ class GraphEngine:
 _GRAPHS: dict[int, GraphEngine] = {}  # one captured engine per model (the latest shape)
 
 
-def _compiled(fn, dynamic: bool = False):
+def _compiled(fn, dynamic: bool | None = False):
     import torch._dynamo
 
     for name in ("recompile_limit", "cache_size_limit"):  # one compiled variant per model shape, not per call
