@@ -14,6 +14,8 @@ Stages (each writes ``<stage>[_<tag>].json`` to --out as soon as it ends, and ke
 * profile_step: kernel times of one compiled decode step launched without the graph (top kernels).
 * profile_prefill: kernel times of one call's prefill (the distinct prompts), compiled and eager layers.
 * prefill_graph: that prefill's time, host enqueue time and the replay time of it captured as a CUDA graph.
+* gate_gemm: the hybrid gate's two fp32 GEMMs at the decode shape vs one concatenated GEMM and a batched pair
+  (GPU time per call, differences in the result).
 * bench_rollout: `hrpo bench rollout` at that shape (graph engine and the HF generate baselines).
 * bench_train: `hrpo bench train`, the paper's GSM8K micro-batch (8 x (1024 + 1024), LoRA r32, checkpointing).
 * bench_rollout_embedded: the embedded model's shape, batch 8.
@@ -291,6 +293,45 @@ def prefill_graph(group: int = 1, lora_r: int = 0, repeats: int = 10) -> dict:
     return report
 
 
+def gate_gemm(calls: int = 20, replays: int = 20) -> dict:
+    """The hybrid gate's two fp32 GEMMs at the decode shape (64 rows, hidden 1536) against candidate
+    replacements, each timed as GPU time per call (``calls`` calls captured in one CUDA graph, so launch time
+    is excluded), with its largest difference from the two GEMMs (0.0: the same bits)."""
+    import torch.nn.functional as F
+
+    rows, hidden = BATCH, 1536
+    gate = HybridGate(hidden).cuda()
+    e = torch.randn(rows, hidden, device="cuda", generator=torch.Generator(device="cuda").manual_seed(0))
+    weight = torch.cat([gate.gate_r.weight, gate.gate_i.weight]).detach()
+    bias = torch.cat([gate.gate_r.bias, gate.gate_i.bias]).detach()
+    stacked_w = torch.stack([gate.gate_r.weight, gate.gate_i.weight]).transpose(1, 2).detach()
+    stacked_b = torch.stack([gate.gate_r.bias, gate.gate_i.bias])[:, None].detach()
+    variants = {
+        "two_linears": lambda: torch.cat([gate.gate_r(e), gate.gate_i(e)], dim=-1),
+        "one_concatenated_linear": lambda: F.linear(e, weight, bias),
+        "baddbmm_pair": lambda: torch.baddbmm(stacked_b, e.expand(2, rows, hidden), stacked_w).transpose(0, 1)
+        .reshape(rows, 2 * hidden),
+    }
+    report = {}
+    with torch.no_grad():
+        reference = variants["two_linears"]()
+        for name, fn in variants.items():
+            out = fn()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                fn()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for _ in range(calls):
+                    fn()
+            report[name] = {"us_per_call": 1000 * _event_ms(graph.replay, replays) / calls,
+                            "max_abs_diff": float((out - reference).abs().max())}
+    print(json.dumps(report), flush=True)
+    return report
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -316,6 +357,7 @@ def main():
         "profile_step": lambda: profile_step(args.group, args.lora_r),
         "profile_prefill": lambda: profile_prefill(args.group, args.lora_r),
         "prefill_graph": lambda: prefill_graph(args.group, args.lora_r),
+        "gate_gemm": gate_gemm,
         "bench_rollout": lambda: bench_rollout(SHAPE, BATCH, PROMPT, NEW, engines=("graph",), repeats=2, log=log,
                                                baselines=tuple(b for b in args.baselines.split(",") if b),
                                                lora_r=args.lora_r, group=args.group),
