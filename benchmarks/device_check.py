@@ -167,8 +167,9 @@ def breakdown(group: int = 1, lora_r: int = 0, modes=("hybrid", "discrete")) -> 
         first = time.perf_counter() - t
         engine = fr._GRAPHS[id(model)]
         compiled_prefill = engine.prefill_layer
+        prefill_layers = (("compiled", compiled_prefill), ("eager", fr.decoder_layer))
         best = {}
-        for name, layer_fn in (("compiled", compiled_prefill), ("eager", fr.decoder_layer)):
+        for name, layer_fn in prefill_layers:
             engine.prefill_layer = layer_fn
             run()
             calls = []
@@ -183,7 +184,7 @@ def breakdown(group: int = 1, lora_r: int = 0, modes=("hybrid", "discrete")) -> 
         with torch.no_grad():
             prefill_ms = {name: _event_ms(lambda: fr.prefill(state, ids, mask, group, engine.weights, modules,
                                                                layer_fn), 3)
-                          for name, layer_fn in (("compiled", compiled_prefill), ("eager", fr.decoder_layer))}
+                          for name, layer_fn in prefill_layers}
             fr.reset_outputs(state, kw["row_seeds"])
             steps = iter(range(NEW - 1))  # the real schedule: the attended length grows with t
             step_ms = _event_ms(lambda: engine.replay(PROMPT + next(steps) + 1), NEW - 1)
@@ -235,20 +236,44 @@ def profile_step(group: int = 1, lora_r: int = 0, steps: int = 5) -> dict:
     return {"lora_r": lora_r, **_kernel_times(step, steps)}
 
 
-def profile_prefill(group: int = 1, lora_r: int = 0, repeats: int = 3) -> dict:
-    """Kernel times of the prefill of one rollout call (the distinct prompts only), with the engine's compiled
-    prefill layer and with the eager one."""
+def _prefill_runs(group: int, lora_r: int):
+    """(report head, [(name, run)]): one call's prefill on the captured engine, with its compiled prefill layer
+    and with the eager one (``run()`` runs it once, without grad)."""
     model, ids, kw, sampling = _setup(group, lora_r)
     mask = torch.ones_like(ids)
     generate(model, ids, mask, dataclasses.replace(sampling, max_new_tokens=32), **kw)
     engine = fr._GRAPHS[id(model)]
     modules = fr.model_modules(model)
-    report = {"group": group, "lora_r": lora_r}
-    for name, layer_fn in (("compiled", engine.prefill_layer), ("eager", fr.decoder_layer)):
+
+    def runner(layer_fn):
         def run():
             with torch.no_grad():
                 fr.prefill(engine.state, ids, mask, group, engine.weights, modules, layer_fn)
+        return run
 
+    runs = [("compiled", runner(engine.prefill_layer)), ("eager", runner(fr.decoder_layer))]
+    return {"group": group, "lora_r": lora_r}, runs
+
+
+def _captured(fn, calls: int = 1) -> torch.cuda.CUDAGraph:
+    """``calls`` calls of ``fn`` captured as one CUDA graph (after a warm-up call on a side stream)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return graph
+
+
+def profile_prefill(group: int = 1, lora_r: int = 0, repeats: int = 3) -> dict:
+    """Kernel times of the prefill of one rollout call (the distinct prompts only), with the engine's compiled
+    prefill layer and with the eager one."""
+    report, runs = _prefill_runs(group, lora_r)
+    for name, run in runs:
         run()
         report[name] = {"prefill_ms": _event_ms(run, repeats), **_kernel_times(run, repeats, top=20)}
     return report
@@ -258,35 +283,18 @@ def prefill_graph(group: int = 1, lora_r: int = 0, repeats: int = 10) -> dict:
     """What a CUDA graph would save on the prefill: one call's prefill (compiled and eager layers) timed as it
     runs now (device events), the host time to enqueue it, and the replay of the same prefill captured as a
     CUDA graph (fixed prompt shape; an experiment, not the engine's path)."""
-    model, ids, kw, sampling = _setup(group, lora_r)
-    mask = torch.ones_like(ids)
-    generate(model, ids, mask, dataclasses.replace(sampling, max_new_tokens=32), **kw)
-    engine = fr._GRAPHS[id(model)]
-    modules = fr.model_modules(model)
-    report = {"group": group, "lora_r": lora_r}
-    for name, layer_fn in (("compiled", engine.prefill_layer), ("eager", fr.decoder_layer)):
-        def run():
-            fr.prefill(engine.state, ids, mask, group, engine.weights, modules, layer_fn)
-
+    report, runs = _prefill_runs(group, lora_r)
+    for name, run in runs:
         entry = report[name] = {}
         try:
-            with torch.no_grad():
-                run()
-                entry["prefill_ms"] = _event_ms(run, repeats)
-                torch.cuda.synchronize()
-                t = time.perf_counter()
-                run()
-                entry["host_enqueue_ms"] = 1000 * (time.perf_counter() - t)
-                torch.cuda.synchronize()
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    run()
-                torch.cuda.current_stream().wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    run()
-                entry["graph_replay_ms"] = _event_ms(graph.replay, repeats)
+            run()
+            entry["prefill_ms"] = _event_ms(run, repeats)
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            run()
+            entry["host_enqueue_ms"] = 1000 * (time.perf_counter() - t)
+            torch.cuda.synchronize()
+            entry["graph_replay_ms"] = _event_ms(_captured(run).replay, repeats)
         except Exception as err:
             entry["error"] = f"{type(err).__name__}: {err}"
         print(name, json.dumps(entry), flush=True)
@@ -317,15 +325,7 @@ def gate_gemm(calls: int = 20, replays: int = 20) -> dict:
         reference = variants["two_linears"]()
         for name, fn in variants.items():
             out = fn()
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                fn()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                for _ in range(calls):
-                    fn()
+            graph = _captured(fn, calls)
             report[name] = {"us_per_call": 1000 * _event_ms(graph.replay, replays) / calls,
                             "max_abs_diff": float((out - reference).abs().max())}
     print(json.dumps(report), flush=True)
