@@ -1,6 +1,9 @@
 """The static-cache engine (the CPU variant of the CUDA-graph engine) against the eager engine, and row-seeded
 sampling."""
 
+import copy
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -346,3 +349,56 @@ def test_compiled_prefill_equals_the_eager_one_for_any_prompt_shape(lora_model, 
         torch.testing.assert_close(fast.logits, eager.logits, atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(fast.hidden, eager.hidden, atol=1e-5, rtol=1e-5)
         assert torch.equal(fast.positions, eager.positions) and torch.equal(fast.valid, eager.valid)
+
+
+def test_concatenated_gate_mixes_as_the_gate_and_follows_its_updates():
+    """The decode step's gate (W_r and W_i as one GEMM) gives the gate's mix and a; after a training step,
+    rewriting it in place (what the graph engine does each call) brings it back to the gate's output at the
+    same addresses, and a stale copy would differ."""
+    from hrpo.fast_rollout import OPTIONS, ConcatenatedGate, concatenated_gate, step_gate
+
+    gate = _gate()
+    e, h = torch.randn(4, 1, 32), torch.randn(4, 1, 32)
+    step = concatenated_gate(gate)
+    for got, expected in zip(step(e, h), gate(e, h)):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    pointers = (step.weight.data_ptr(), step.bias.data_ptr())
+    with torch.no_grad():
+        gate.gate_i.weight.add_(0.3)
+        gate.gate_r.bias.add_(1.0)
+        gate.Lambda.add_(0.5)
+    stale, expected = step(e, h), gate(e, h)
+    assert not torch.allclose(stale[0], expected[0], atol=1e-3)
+    assert concatenated_gate(gate, into=step) is step
+    assert (step.weight.data_ptr(), step.bias.data_ptr()) == pointers
+    for got, want in zip(step(e, h), expected):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    assert isinstance(step_gate(gate), ConcatenatedGate) and step_gate(None) is None
+    OPTIONS.concatenate_gate = False
+    try:
+        assert step_gate(gate) is gate
+    finally:
+        OPTIONS.concatenate_gate = True
+
+
+def test_the_compiled_sampler_takes_the_concatenated_gate_in_one_graph(tokenizer):
+    """The graph engine compiles sample + latent + gate as one function; the concatenated gate must not break
+    that graph (fullgraph=True raises on a break)."""
+    from hrpo.fast_rollout import StepSpec, allocate_state, concatenated_gate, decode_weights, model_modules, next_inputs
+
+    model = build_tiny_model("llama", len(tokenizer)).eval()
+    weights, modules = decode_weights(model), model_modules(model)
+    gate = _gate()
+    state = allocate_state(weights, 3, 8, 4, 32, weights.lm_head.shape[0], True, torch.float32, torch.device("cpu"))
+    state.logits.normal_(generator=torch.Generator().manual_seed(0))
+    state.row_seeds.copy_(torch.arange(3))
+    spec = StepSpec(sampling=SamplingConfig(max_new_tokens=4, temperature=0.7, top_k=5), mode="hybrid",
+                    gate=concatenated_gate(gate), matcher=marker_matcher(tokenizer, "####"),
+                    eos=torch.tensor([2]), pad_token_id=tokenizer.pad_token_id, max_new=4)
+    eager_state = copy.deepcopy(state)  # a step writes its state: each run starts from the same one
+    with torch.no_grad():
+        eager = next_inputs(eager_state, replace(spec, gate=gate), modules.embed)
+        compiled = torch.compile(next_inputs, fullgraph=True)(state, spec, modules.embed)
+    assert state.thinking.any()
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
+    torch.testing.assert_close(state.gate_mean, eager_state.gate_mean, atol=1e-6, rtol=0)

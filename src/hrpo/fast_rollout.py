@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
 from .decode_attention import decode_attention, supports as supports_decode_kernel
-from .gate import HybridGate, thinking_inputs
+from .gate import HybridGate, gated_mix, thinking_inputs
 from .rollout import (MarkerMatcher, Rollout, SamplingConfig, fed_back_vectors, kept_count, position_ids_from_mask,
                       rollout_setup, row_uniforms, rows_repeat, sample_tokens)
 
@@ -283,6 +283,39 @@ def decode_weights(model, into: DecodeWeights | None = None) -> DecodeWeights:
     )
 
 
+@dataclass
+class ConcatenatedGate:
+    """A :class:`HybridGate` whose two gate projections run as one GEMM: W_r and W_i stacked into ``weight``
+    (2H, H) and their biases into ``bias`` (2H,), copies rewritten in place by :func:`concatenated_gate`
+    (Lambda and c are read from the gate). Called as the gate is: (token_embeds, latents) -> (mixed, a)."""
+
+    gate: HybridGate
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def __call__(self, token_embeds: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r_logits, i_logits = F.linear(token_embeds.float(), self.weight, self.bias).chunk(2, dim=-1)
+        return gated_mix(token_embeds, latents, r_logits, i_logits, self.gate.Lambda, self.gate.c)
+
+
+def concatenated_gate(gate: HybridGate, into: ConcatenatedGate | None = None) -> ConcatenatedGate:
+    """The :class:`ConcatenatedGate` of ``gate`` now; ``into``: an earlier one of the same gate, whose tensors
+    (read by a captured graph) are overwritten in place and which is returned."""
+    weights = [gate.gate_r.weight.detach(), gate.gate_i.weight.detach()]
+    biases = [gate.gate_r.bias.detach(), gate.gate_i.bias.detach()]
+    if into is None:
+        return ConcatenatedGate(gate, torch.cat(weights), torch.cat(biases))
+    _write_rows(into.weight, weights)
+    _write_rows(into.bias, biases)
+    return into
+
+
+def step_gate(gate: HybridGate | None):
+    """The gate a decode step calls: ``gate`` as it is, or its :class:`ConcatenatedGate` when
+    :data:`OPTIONS` ``.concatenate_gate`` (the same mix; one GEMM of 2H outputs instead of two of H)."""
+    return concatenated_gate(gate) if gate is not None and OPTIONS.concatenate_gate else gate
+
+
 # ----------------------------------------------------------------------------------------------- forward
 
 
@@ -311,6 +344,7 @@ class GraphOptions:
     compile_sampler: bool = True  # torch.compile sampling + latent + gate
     compile_prefill: bool = True  # torch.compile the prefill's layer halves, with dynamic shapes
     compile_mode: str | None = None  # torch.compile mode, e.g. "max-autotune-no-cudagraphs"
+    concatenate_gate: bool = True  # the hybrid gate's two fp32 projections as one GEMM (see ConcatenatedGate)
 
 
 OPTIONS = GraphOptions()
@@ -736,10 +770,12 @@ def _graph_engine(model, spec: StepSpec, batch: int, cache_len: int) -> GraphEng
     engine = _GRAPHS.get(id(model))
     if engine is not None and engine.key == key:
         decode_weights(model, into=engine.weights)  # this call's weights, where the graphs read them
+        if isinstance(engine.spec.gate, ConcatenatedGate):
+            concatenated_gate(spec.gate, into=engine.spec.gate)
         return engine
     _GRAPHS.pop(id(model), None)
     torch.cuda.empty_cache()
-    engine = _capture(model, decode_weights(model), spec, key, batch, cache_len)
+    engine = _capture(model, decode_weights(model), replace(spec, gate=step_gate(spec.gate)), key, batch, cache_len)
     _GRAPHS[id(model)] = engine
     return engine
 
@@ -784,6 +820,7 @@ def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sa
         layer_fn = graph_engine.prefill_layer
     else:
         weights = decode_weights(model)
+        spec = replace(spec, gate=step_gate(spec.gate))
         state = allocate_state(weights, batch, length + max_new, max_new, modules.embed.weight.shape[1],
                                weights.lm_head.shape[0], mode != "discrete", modules.embed.weight.dtype, device)
         step_fn = lambda t: decode_step(state, spec, weights, modules, decoder_layer,  # noqa: E731

@@ -55,16 +55,22 @@ class HybridGate(nn.Module):
         Returns ``(mixed, a)``: ``mixed`` (..., H) in ``token_embeds.dtype`` and the decay ``a`` (..., H) in fp32.
         """
         e = token_embeds.float()
-        h = latents.float()
-        r = torch.sigmoid(self.gate_r(e))
-        i = torch.sigmoid(self.gate_i(e))
-        a = torch.exp(-self.c * F.softplus(-self.Lambda) * r)
-        mixed = a * e + torch.sqrt(1.0 - a * a + MIX_EPS) * (i * h)
-        return mixed.to(token_embeds.dtype), a
+        return gated_mix(token_embeds, latents, self.gate_r(e), self.gate_i(e), self.Lambda, self.c)
 
     def decay_base(self) -> torch.Tensor:
         """u = exp(-c * softplus(-Lambda)), shape (H,): the value of a when r = 1."""
         return torch.exp(-self.c * F.softplus(-self.Lambda))
+
+
+def gated_mix(token_embeds: torch.Tensor, latents: torch.Tensor, r_logits: torch.Tensor, i_logits: torch.Tensor,
+              Lambda: torch.Tensor, c: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mix of :class:`HybridGate` from its two gate pre-activations ``r_logits`` = W_r e + b_r and
+    ``i_logits`` = W_i e + b_i (..., H) fp32; returns ``(mixed, a)`` as :meth:`HybridGate.forward` does."""
+    e, h = token_embeds.float(), latents.float()
+    r, i = torch.sigmoid(r_logits), torch.sigmoid(i_logits)
+    a = torch.exp(-c * F.softplus(-Lambda) * r)
+    mixed = a * e + torch.sqrt(1.0 - a * a + MIX_EPS) * (i * h)
+    return mixed.to(token_embeds.dtype), a
 
 
 def lambda_for_decay(u: torch.Tensor, c: float = 8.0) -> torch.Tensor:
