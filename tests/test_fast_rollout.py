@@ -101,7 +101,7 @@ def test_fused_projections_match_the_lora_modules(lora_model):
     torch.testing.assert_close(project(x, w, "qkv"), expected, atol=1e-5, rtol=0)
     with lora_model.disable_adapter():  # the reference model: base weights, no LoRA path
         parts = linear_parts(attn.q_proj)
-    assert parts.lora_a is None and torch.equal(parts.weight, attn.q_proj.base_layer.weight)
+    assert not parts.lora_a and torch.equal(parts.weight, attn.q_proj.base_layer.weight)
 
 
 @pytest.mark.parametrize("adapter_dtype", [torch.bfloat16, torch.float32])
@@ -118,8 +118,10 @@ def test_lora_path_survives_bf16(tokenizer, adapter_dtype):
         module.to(adapter_dtype)
     x = torch.randn(256, q_proj.in_features, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
     parts = linear_parts(q_proj)
+    (lora_a,), (lora_b,), (scale,) = parts.lora_a, parts.lora_b, parts.scales
+    lora_b = lora_b * scale
     exact_base = F.linear(x.double(), parts.weight.double())
-    exact_update = x.double() @ parts.lora_a.double().T @ parts.lora_b.double().T  # fp64 reference
+    exact_update = x.double() @ lora_a.double().T @ lora_b.double().T  # fp64 reference
     base = q_proj.base_layer(x).double()
 
     def update_error(out):  # how far the update an output carries is from the exact one
@@ -127,7 +129,7 @@ def test_lora_path_survives_bf16(tokenizer, adapter_dtype):
 
     peft = q_proj(x)
     ours = project(x, fuse([parts], "q"), "q")
-    merged = F.linear(x, (parts.weight.float() + parts.lora_b.float() @ parts.lora_a.float()).to(torch.bfloat16))
+    merged = F.linear(x, (parts.weight.float() + lora_b.float() @ lora_a.float()).to(torch.bfloat16))
     assert exact_update.abs().max() > 0 and update_error(base) > 1.5 * update_error(peft)
     assert update_error(ours) <= 1.05 * update_error(peft)
     assert (ours != peft).float().mean() < 0.02  # the rest differ by one bf16 step (rounding once, in fp32)

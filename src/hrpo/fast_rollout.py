@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -110,14 +110,19 @@ def _projections(layer):
 
 @dataclass
 class LinearParts:
-    """What a (peft) linear layer applies now: y = x W^T + b + (x A^T) B^T, with every active LoRA adapter's
-    A stacked into ``lora_a`` (R, in) and its B times its scaling into ``lora_b`` (out, R), both in the adapters'
-    dtype (None without an active, unmerged adapter)."""
+    """What a (peft) linear layer applies now: y = x W^T + b + sum_a s_a (x A_a^T) B_a^T over its active LoRA
+    adapters a, each with A_a (r_a, in) in ``lora_a``, B_a (out, r_a) in ``lora_b`` and scaling s_a in ``scales``
+    (empty lists without an active, unmerged adapter). Tensors are the module's own (detached, not copied)."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None
-    lora_a: torch.Tensor | None = None
-    lora_b: torch.Tensor | None = None
+    lora_a: list[torch.Tensor] = field(default_factory=list)
+    lora_b: list[torch.Tensor] = field(default_factory=list)
+    scales: list[float] = field(default_factory=list)
+
+    @property
+    def rank(self) -> int:
+        return sum(a.shape[0] for a in self.lora_a)
 
 
 def linear_parts(module) -> LinearParts:
@@ -130,28 +135,37 @@ def linear_parts(module) -> LinearParts:
     if base is None:
         return LinearParts(module.weight.detach(), None if module.bias is None else module.bias.detach())
     parts = LinearParts(base.weight.detach(), None if base.bias is None else base.bias.detach())
-    active = _active_lora(module)
-    if active:
-        parts.lora_a = torch.cat([module.lora_A[a].weight.detach() for a in active])
-        parts.lora_b = torch.cat([module.lora_B[a].weight.detach() * module.scaling[a] for a in active], dim=1)
-        lora_biases = [module.lora_B[a].bias.detach() * module.scaling[a] for a in active
-                       if module.lora_B[a].bias is not None]  # LoraConfig(lora_bias=True)
-        if lora_biases:
-            bias = sum(b.float() for b in lora_biases) + (0.0 if parts.bias is None else parts.bias.float())
-            parts.bias = bias.to(base.weight.dtype)
+    lora_biases = []
+    for a in _active_lora(module):
+        parts.lora_a.append(module.lora_A[a].weight.detach())
+        parts.lora_b.append(module.lora_B[a].weight.detach())
+        parts.scales.append(module.scaling[a])
+        if module.lora_B[a].bias is not None:  # LoraConfig(lora_bias=True)
+            lora_biases.append(module.lora_B[a].bias.detach() * module.scaling[a])
+    if lora_biases:
+        bias = sum(b.float() for b in lora_biases) + (0.0 if parts.bias is None else parts.bias.float())
+        parts.bias = bias.to(base.weight.dtype)
     return parts
 
 
-def _write_rows(target: torch.Tensor, pieces: list[torch.Tensor]) -> torch.Tensor:
-    """Copy ``pieces`` one below the other into ``target`` (rows), casting to its dtype; returns ``target``."""
-    row = 0
-    for piece in pieces:
-        target[row:row + piece.shape[0]].copy_(piece)
-        row += piece.shape[0]
-    return target
+Copy = tuple  # (target, source, scale): target <- source * scale, cast to the target's dtype
 
 
-def fuse(parts: list[LinearParts], name: str, out: dict | None = None) -> dict[str, torch.Tensor | None]:
+def run_copies(copies: list[Copy]) -> None:
+    """Carry out ``copies`` with a few multi-tensor ops (one launch per group on CUDA instead of one per copy);
+    a copy whose target is its source is skipped."""
+    copies = [c for c in copies if c[0].data_ptr() != c[1].data_ptr()]
+    scaled = [c for c in copies if c[2] != 1.0]
+    targets = [c[0] for c in copies if c[2] == 1.0] + [c[0] for c in scaled]
+    sources = [c[1] for c in copies if c[2] == 1.0]
+    if scaled:  # B * s in the adapter's dtype, then one cast into the target: as peft scales
+        sources += torch._foreach_mul([c[1] for c in scaled], [float(c[2]) for c in scaled])
+    if targets:
+        torch._foreach_copy_(targets, sources)
+
+
+def fuse(parts: list[LinearParts], name: str, out: dict | None = None,
+         copies: list[Copy] | None = None) -> dict[str, torch.Tensor | None]:
     """One linear layer equivalent to ``parts`` side by side (outputs concatenated), LoRA folded in for speed.
 
     ``name``: the base weights concatenated, then every LoRA A stacked below them (out + R, in), so one GEMM
@@ -163,34 +177,39 @@ def fuse(parts: list[LinearParts], name: str, out: dict | None = None) -> dict[s
 
     ``out``: a dict holding an earlier result for parts of the same shapes (e.g. a whole layer's); those
     tensors are overwritten in place (no new memory, addresses kept for a captured graph) and returned.
+    ``copies``: a list the writes are appended to (see :func:`run_copies`) instead of being done now.
     """
-    lora = [p for p in parts if p.lora_a is not None]
-    rows = [p.weight for p in parts] + [p.lora_a for p in lora]
+    lora = [p for p in parts if p.lora_a]
     weight = parts[0].weight
     if out is None:
         out = {name: None, f"{name}_bias": None, f"{name}_lora_b": None}
-        if len(rows) == 1:
+        if len(parts) == 1 and not lora:
             out[name] = weight
         else:
-            out[name] = weight.new_empty(sum(r.shape[0] for r in rows), weight.shape[1])
+            rows = sum(p.weight.shape[0] + p.rank for p in parts)
+            out[name] = weight.new_empty(rows, weight.shape[1])
         if lora:
-            out[f"{name}_lora_b"] = weight.new_zeros(sum(p.weight.shape[0] for p in parts),
-                                                     sum(p.lora_a.shape[0] for p in lora))
+            out[f"{name}_lora_b"] = weight.new_zeros(sum(p.weight.shape[0] for p in parts), sum(p.rank for p in lora))
         if any(p.bias is not None for p in parts):
-            out[f"{name}_bias"] = weight.new_zeros(out[name].shape[0])
-    if out[name].data_ptr() != weight.data_ptr() or len(rows) > 1:
-        _write_rows(out[name], rows)
-    blocks = out[f"{name}_lora_b"]
-    if blocks is not None:
-        row = col = 0
-        for p in parts:
-            if p.lora_a is not None:
-                blocks[row:row + p.weight.shape[0], col:col + p.lora_a.shape[0]].copy_(p.lora_b)
-                col += p.lora_a.shape[0]
-            row += p.weight.shape[0]
-    if out[f"{name}_bias"] is not None:
-        _write_rows(out[f"{name}_bias"], [p.bias if p.bias is not None else weight.new_zeros(p.weight.shape[0])
-                                          for p in parts])
+            out[f"{name}_bias"] = weight.new_zeros(out[name].shape[0])  # zero where a part has no bias
+    pending = [] if copies is None else copies
+    fused, bias, blocks = out[name], out[f"{name}_bias"], out[f"{name}_lora_b"]
+    row = 0
+    for p in parts:
+        pending.append((fused[row:row + p.weight.shape[0]], p.weight, 1.0))
+        if p.bias is not None:
+            pending.append((bias[row:row + p.weight.shape[0]], p.bias, 1.0))
+        row += p.weight.shape[0]
+    out_row = col = 0  # the A rows continue below the weights (row); the B blocks sit at (out_row, col)
+    for p in parts:
+        for a, b, scale in zip(p.lora_a, p.lora_b, p.scales):
+            pending.append((fused[row:row + a.shape[0]], a, 1.0))
+            pending.append((blocks[out_row:out_row + b.shape[0], col:col + a.shape[0]], b, scale))
+            row += a.shape[0]
+            col += a.shape[0]
+        out_row += p.weight.shape[0]
+    if copies is None:
+        run_copies(pending)
     return {key: out[key] for key in (name, f"{name}_bias", f"{name}_lora_b")}
 
 
@@ -230,44 +249,42 @@ def weights_signature(model) -> tuple:
     for module in _projections(layer):
         p = linear_parts(module)
         signature.append((tuple(p.weight.shape), p.weight.dtype, p.weight.device, p.bias is None,
-                          None if p.lora_a is None else p.lora_a.shape[0]))
+                          p.rank or None))
     return tuple(signature)
-
-
-def _overwrite(target: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    if target.data_ptr() != value.data_ptr():
-        target.copy_(value)
-    return target
 
 
 def decode_weights(model, into: DecodeWeights | None = None) -> DecodeWeights:
     """Fused copies of ``model``'s decoder weights, with the active LoRA adapters kept unmerged (see :func:`fuse`).
 
     ``into``: the result of an earlier call on a model of the same :func:`weights_signature`; the current
-    weights are written into its tensors in place (what a captured CUDA graph reads) and it is returned.
+    weights are written into its tensors in place (what a captured CUDA graph reads; all copies in a few
+    multi-tensor ops) and it is returned.
     """
     base = _base_model(model)
     decoder, config = base.get_decoder(), base.config
-    layers = []
+    layers, copies = [], []
     for i, layer in enumerate(decoder.layers):
         attn, mlp = layer.self_attn, layer.mlp
         old = None if into is None else into.tensors[i]
         fused = {}
         for name, modules in (("qkv", (attn.q_proj, attn.k_proj, attn.v_proj)), ("o", (attn.o_proj,)),
                               ("gate_up", (mlp.gate_proj, mlp.up_proj)), ("down", (mlp.down_proj,))):
-            fused.update(fuse([linear_parts(m) for m in modules], name, old))
+            fused.update(fuse([linear_parts(m) for m in modules], name, old, copies))
         plain = {"input_norm": layer.input_layernorm.weight.detach(),
                  "post_norm": layer.post_attention_layernorm.weight.detach(),
                  "q_norm": attn.q_norm.weight.detach() if hasattr(attn, "q_norm") else None,
                  "k_norm": attn.k_norm.weight.detach() if hasattr(attn, "k_norm") else None}
         for key, value in plain.items():
-            fused[key] = value if old is None or value is None else _overwrite(old[key], value)
+            fused[key] = value if old is None or value is None else old[key]
+            if old is not None and value is not None:
+                copies.append((old[key], value, 1.0))
         layers.append(fused)
     final_norm = decoder.norm.weight.detach()
     lm_head = linear_parts(base.get_output_embeddings()).weight
     if into is not None:
-        _overwrite(into.final_norm, final_norm)
-        _overwrite(into.lm_head, lm_head)
+        copies += [(into.final_norm, final_norm, 1.0), (into.lm_head, lm_head, 1.0)]
+    run_copies(copies)
+    if into is not None:
         return into
     attn0 = decoder.layers[0].self_attn
     head_dim = attn0.head_dim
@@ -305,8 +322,9 @@ def concatenated_gate(gate: HybridGate, into: ConcatenatedGate | None = None) ->
     biases = [gate.gate_r.bias.detach(), gate.gate_i.bias.detach()]
     if into is None:
         return ConcatenatedGate(gate, torch.cat(weights), torch.cat(biases))
-    _write_rows(into.weight, weights)
-    _write_rows(into.bias, biases)
+    hidden = gate.hidden_size
+    run_copies([(into.weight[:hidden], weights[0], 1.0), (into.weight[hidden:], weights[1], 1.0),
+                (into.bias[:hidden], biases[0], 1.0), (into.bias[hidden:], biases[1], 1.0)])
     return into
 
 
