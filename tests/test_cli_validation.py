@@ -122,3 +122,20 @@ def test_valid_arguments_still_parse():
     assert args.temperature == 0.7 and args.max_new_tokens == 1
     args = build_parser().parse_args(["bench", "rollout", "--lora-r", "0", "--batch", "4", "--group", "2"])
     assert args.lora_r == 0 and args.batch == 4
+
+
+def test_a_hub_id_next_to_a_directory_of_its_owner_name_still_goes_to_the_hub(tmp_path, monkeypatch):
+    """With ./Qwen present (say, another Qwen model downloaded there), Qwen/X is still a hub id when the hub
+    answers; offline it is reported as a missing directory that is not cached either."""
+    from hrpo import models
+    from hrpo.models import ModelLoadError, resolve_model_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "Qwen").mkdir()
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: True)
+    assert resolve_model_path("Qwen/Qwen2.5-1.5B-Instruct") == ("Qwen/Qwen2.5-1.5B-Instruct", False)
+    with pytest.raises(ModelLoadError, match="no such directory: ./Qwen/X"):
+        resolve_model_path("./Qwen/X")  # written as a path: never a hub id
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(ModelLoadError, match="no such directory: Qwen/X, nor a hub model cached"):
+        resolve_model_path("Qwen/X")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -105,6 +106,9 @@ def _cached_on_disk(repo_id: str) -> bool:
         return False
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")  # owner/name
+
+
 def _looks_like_local_path(name: str) -> bool:
     """A --model value meant as a local path, not a hub id: absolute, starting with ./ ../ or ~, or whose parent
     directory exists (runs/foo with ./runs present)."""
@@ -128,8 +132,12 @@ def resolve_model_path(name: str) -> tuple[str, bool]:
     if _cached_on_disk(name):
         return name, True
     if _looks_like_local_path(name):
-        raise ModelLoadError(f"no such directory: {name} (--model is a hub id such as Qwen/Qwen2.5-1.5B-Instruct, "
-                             f"an existing local model directory, or 'embedded')")
+        # "Qwen/X" next to a ./Qwen directory may still be a hub id: ask the hub when it can be reached
+        if not (HUB_ID.fullmatch(name) and _hub_reachable()):
+            raise ModelLoadError(f"no such directory: {name}, nor a hub model cached on this machine (--model is a "
+                                 f"hub id such as Qwen/Qwen2.5-1.5B-Instruct, an existing local model directory, "
+                                 f"or 'embedded')")
+        return name, False
     if not _hub_reachable():
         raise ModelLoadError(
             f"Cannot download '{name}': the Hugging Face hub is not reachable from this machine (offline) and "
