@@ -264,3 +264,19 @@ def test_ablation_modes_rollout_logprobs_equal_training_logprobs(mode, tiny_mode
         logprobs = completion_logprobs(lm.model, rollout, embeds, temperature=0.7)
     real = rollout.completion_mask
     torch.testing.assert_close(logprobs[real], rollout.logprobs[real], atol=5e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["eager", "static"])
+def test_right_padded_prompts_are_refused_with_the_row(engine, tiny_model_dirs, tokenizer):
+    """Every engine reads the prompt's next-token logits at the last column: a right-padded row would sample from
+    a pad position, so it is an error naming the row, not a silently wrong rollout."""
+    model = load_model(str(tiny_model_dirs["llama"])).model
+    ids, mask = left_pad([[5, 6, 7], [8, 9]], tokenizer.pad_token_id)
+    right_ids, right_mask = ids.clone(), mask.clone()
+    right_ids[1], right_mask[1] = torch.tensor([8, 9, tokenizer.pad_token_id]), torch.tensor([1, 1, 0])
+    kw = dict(gate=None, matcher=None, eos_token_ids=[2], pad_token_id=tokenizer.pad_token_id, engine=engine,
+              row_seeds=torch.arange(2))
+    sampling = SamplingConfig(max_new_tokens=2)
+    assert generate(model, ids, mask, sampling, **kw).completion_ids.shape == (2, 2)
+    with pytest.raises(ValueError, match="left-padded.*row 1 of prompt_mask ends in padding"):
+        generate(model, right_ids, right_mask, sampling, **kw)

@@ -821,7 +821,7 @@ def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sa
     device = prompt_ids.device
     batch, length = prompt_ids.shape
     max_new = sampling.max_new_tokens
-    mode, row_seeds = rollout_setup(mode, gate, matcher, row_seeds, generator, batch, device)
+    mode, row_seeds = rollout_setup(mode, gate, matcher, row_seeds, generator, prompt_mask, device)
     if matcher is not None:
         matcher.step(torch.zeros(1, dtype=torch.long, device=device), torch.zeros(1, dtype=torch.long, device=device))
     spec = StepSpec(sampling=sampling, mode=mode, gate=gate, matcher=matcher,

@@ -203,10 +203,17 @@ def kept_count(sampling: SamplingConfig, vocab: int) -> int:
 
 
 def rollout_setup(mode: str | None, gate: HybridGate | None, matcher: MarkerMatcher | None,
-                  row_seeds: torch.Tensor | None, generator: torch.Generator | None, batch: int,
+                  row_seeds: torch.Tensor | None, generator: torch.Generator | None, prompt_mask: torch.Tensor,
                   device) -> tuple[str, torch.Tensor]:
-    """Check a rollout's arguments; return the mode (default: hybrid with a gate, else discrete) and the row
-    seeds (B,) on ``device`` (drawn from ``generator`` when None)."""
+    """Check a rollout's arguments (``prompt_mask`` (B, P) must be left-padded: every row ends in a real token);
+    return the mode (default: hybrid with a gate, else discrete) and the row seeds (B,) on ``device`` (drawn
+    from ``generator`` when None)."""
+    last = prompt_mask[:, -1].bool()
+    if not bool(last.all()):
+        row = int((~last).nonzero()[0, 0])
+        raise ValueError(f"prompts must be left-padded (padding first): row {row} of prompt_mask ends in padding; "
+                         f"build batches with hrpo.text.left_pad")
+    batch = prompt_mask.shape[0]
     mode = mode or ("hybrid" if gate is not None else "discrete")
     if mode == "hybrid" and gate is None:
         raise ValueError("hybrid rollouts need a HybridGate")
@@ -302,7 +309,7 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, samplin
     with ``graph`` also compiled and replayed as a CUDA graph) or auto (the fastest that supports the model).
     """
     batch, device = prompt_ids.shape[0], prompt_ids.device
-    mode, row_seeds = rollout_setup(mode, gate, matcher, row_seeds, generator, batch, device)
+    mode, row_seeds = rollout_setup(mode, gate, matcher, row_seeds, generator, prompt_mask, device)
     if engine != "eager":
         from .fast_rollout import generate_fast, resolve_engine
 
