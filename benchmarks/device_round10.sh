@@ -2,8 +2,8 @@
 # The next GPU run (H200, about 7 device minutes; most important first, so a cut-off run still answers):
 # 1. the engine on GPU after the concatenated gate and the multi-tensor weight refresh (equivalence);
 # 2. whole calls at G = 8 against both HF baselines (the #4 goal: 400 steps/s, last 389.8);
-# 3. where a call's time goes, with the gate as one GEMM and as two, and the cost of the host's
-#    "all finished?" checks in the decode loop (decode_loop_ms vs decode_loop_unsynced_ms);
+# 3. where a call's time goes, with the gate as one GEMM and as two, and the decode loop under the lagged
+#    "all finished?" check, the old draining one (every 16 steps) and none (decode_loop_ms);
 # 4. the gate GEMM alone, and the step's kernels.
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 D="python benchmarks/device_check.py --out $OUT"

@@ -81,8 +81,10 @@ def test_static_engine_equals_eager(lora_model, tokenizer, mode):
     eos = [int(eager.completion_ids[0, 3]), int(eager.completion_ids[2, 1])]
     eager_eos = _run(lora_model, tokenizer, mode, sampling, eos, "eager")
     assert not eager_eos.completion_mask.all()
-    for sync_every in (1, 4):  # 4: the CUDA graph's loop, which checks "all finished" only every few steps
-        _assert_same(eager_eos, _run(lora_model, tokenizer, mode, sampling, eos, "static", sync_every=sync_every))
+    # the CUDA graph's loop checks "all finished" only every few steps, and acts on an earlier check
+    for sync_every, check_lag in ((1, 0), (4, 0), (2, 1), (1, 3)):
+        _assert_same(eager_eos, _run(lora_model, tokenizer, mode, sampling, eos, "static", sync_every=sync_every,
+                                     check_lag=check_lag))
 
 
 @pytest.mark.parametrize("sampling", [SamplingConfig(max_new_tokens=8, temperature=0.7, top_k=0, top_p=0.9),
@@ -404,3 +406,22 @@ def test_the_compiled_sampler_takes_the_concatenated_gate_in_one_graph(tokenizer
     assert state.thinking.any()
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
     torch.testing.assert_close(state.gate_mean, eager_state.gate_mean, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("sync_every, check_lag, steps_run", [(1, 0, 6), (4, 0, 8), (4, 1, 12), (2, 2, 10)])
+def test_the_decode_loop_stops_after_the_lagged_check_that_saw_every_row_finished(sync_every, check_lag, steps_run):
+    """Every row has finished after step 5: the loop checks after every ``sync_every`` steps and stops on the
+    check made ``check_lag`` checks before (so a GPU has the steps after it queued while the host waits)."""
+    from types import SimpleNamespace
+
+    from hrpo.fast_rollout import run_steps
+
+    state = SimpleNamespace(finished=torch.zeros(3, dtype=torch.bool))
+    ran = []
+
+    def step(t):
+        ran.append(t)
+        state.finished.fill_(t >= 5)
+
+    run_steps(state, SimpleNamespace(max_new=40), None, step, sync_every, check_lag)
+    assert ran == list(range(steps_run))

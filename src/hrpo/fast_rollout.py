@@ -37,7 +37,8 @@ from .rollout import (MarkerMatcher, Rollout, SamplingConfig, fed_back_vectors, 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 CACHE_BUCKET = 128  # cache lengths are rounded up to a multiple of this, so one graph serves many prompt lengths
 ATTEND_BUCKET = 64  # the CUDA graph engine captures one graph per attended length, a multiple of this
-SYNC_EVERY = 16  # graph replays between host checks for "every row finished"
+SYNC_EVERY = 4  # graph replays between host checks for "every row finished"
+CHECK_LAG = 1  # the graph loop acts on the check made this many checks ago (the GPU never waits for the host)
 
 
 def _base_model(model):
@@ -813,10 +814,11 @@ def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sa
                   gate: HybridGate | None, matcher: MarkerMatcher | None, eos_token_ids: list[int],
                   pad_token_id: int, generator: torch.Generator | None = None,
                   row_seeds: torch.Tensor | None = None, group_size: int = 1, mode: str | None = None,
-                  engine: str = "static", sync_every: int | None = None) -> Rollout:
+                  engine: str = "static", sync_every: int | None = None, check_lag: int | None = None) -> Rollout:
     """:func:`hrpo.rollout.generate` on the static engine (``engine='static'``) or its CUDA graph ('graph').
 
-    ``sync_every``: decode steps between checks for "every row finished" (static default 1; graph: 16).
+    ``sync_every``, ``check_lag``: see :func:`run_steps` (static defaults 1 and 0; graph :data:`SYNC_EVERY` and
+    :data:`CHECK_LAG`). They change only how many masked steps run after every row finished, never the result.
     """
     device = prompt_ids.device
     batch, length = prompt_ids.shape
@@ -834,7 +836,7 @@ def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sa
         graph_engine = _graph_engine(model, spec, batch, _bucket(length + max_new))
         state, weights = graph_engine.state, graph_engine.weights
         step_fn = lambda t: graph_engine.replay(length + t + 1)  # noqa: E731
-        sync_every = sync_every or SYNC_EVERY
+        sync_every, check_lag = sync_every or SYNC_EVERY, CHECK_LAG if check_lag is None else check_lag
         layer_fn = graph_engine.prefill_layer
     else:
         weights = decode_weights(model)
@@ -843,21 +845,46 @@ def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sa
                                weights.lm_head.shape[0], mode != "discrete", modules.embed.weight.dtype, device)
         step_fn = lambda t: decode_step(state, spec, weights, modules, decoder_layer,  # noqa: E731
                                         attend=length + t + 1)
-        sync_every = sync_every or 1
+        sync_every, check_lag = sync_every or 1, check_lag or 0
         layer_fn = decoder_layer
     prefill(state, prompt_ids, prompt_mask, group, weights, modules, layer_fn)
     reset_outputs(state, row_seeds)
-    run_steps(state, spec, modules, step_fn, sync_every)
+    run_steps(state, spec, modules, step_fn, sync_every, check_lag)
     return _rollout(state, prompt_ids, prompt_mask)
 
 
-def run_steps(state: DecodeState, spec: StepSpec, modules: Modules, step_fn, sync_every: int) -> None:
-    """Run ``step_fn(t)`` (one :func:`decode_step`) for t < N - 1, checking every ``sync_every`` steps whether
-    all rows finished, then sample the last column (never fed back) unless they all did."""
+def _finished_probe(finished: torch.Tensor):
+    """Start copying "every row finished" to the host behind the work queued so far; returns what
+    :func:`_probe_answer` reads (on CUDA without waiting for the work queued later)."""
+    if not finished.is_cuda:
+        return bool(finished.all()), None
+    flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+    flag.copy_(finished.all(), non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return flag, event
+
+
+def _probe_answer(probe) -> bool:
+    flag, event = probe
+    if event is not None:
+        event.synchronize()
+    return bool(flag)
+
+
+def run_steps(state: DecodeState, spec: StepSpec, modules: Modules, step_fn, sync_every: int,
+              check_lag: int = 0) -> None:
+    """Run ``step_fn(t)`` (one :func:`decode_step`) for t < N - 1, then sample the last column (never fed back)
+    unless every row finished. Every ``sync_every`` steps the loop asks whether every row finished and stops on
+    the answer to the question asked ``check_lag`` checks earlier: with a lag the host waits only for work
+    queued that long ago, so the GPU always has the next steps queued (the extra steps are masked)."""
+    probes = []
     for t in range(spec.max_new - 1):
         step_fn(t)
-        if (t + 1) % sync_every == 0 and bool(state.finished.all()):
-            return
+        if (t + 1) % sync_every == 0:
+            probes.append(_finished_probe(state.finished))
+            if len(probes) > check_lag and _probe_answer(probes[-1 - check_lag]):
+                return
     if not bool(state.finished.all()):
         sample_into(state, spec, modules.embed)
 
