@@ -232,12 +232,12 @@ def profile_step(group: int = 1, lora_r: int = 0, steps: int = 5) -> dict:
     generate(model, ids, torch.ones_like(ids), dataclasses.replace(sampling, max_new_tokens=32), **kw)
     engine = fr._GRAPHS[id(model)]
     modules = fr.model_modules(model)
-    layer_fn, sampler = fr.step_functions(fr.OPTIONS.compile_layers, fr.OPTIONS.compile_sampler)
+    layer_fn, start, finish = fr.step_functions(fr.OPTIONS.compile_layers, fr.OPTIONS.compile_sampler)
     state = engine.state
 
     def step():  # attends over 320 of the 384 cache slots (a strided slice, as most replays do)
         state.step.zero_()
-        fr.decode_step(state, engine.spec, engine.weights, modules, layer_fn, sampler, attend=320)
+        fr.decode_step(state, engine.spec, engine.weights, modules, layer_fn, start, finish, attend=320)
 
     for _ in range(2):
         step()

@@ -425,3 +425,37 @@ def test_the_decode_loop_stops_after_the_lagged_check_that_saw_every_row_finishe
 
     run_steps(state, SimpleNamespace(max_new=40), None, step, sync_every, check_lag)
     assert ran == list(range(steps_run))
+
+
+def test_the_compiled_step_equals_the_eager_one(lora_model, tokenizer):
+    """What the graph engine captures: the layer halves and the step's start (sample, gate, RoPE, slot) and end
+    (final norm, lm_head, counters) compiled, each without a graph break; steps from one prefill give the eager
+    step's tokens, latents, logits and cache."""
+    import torch._dynamo
+
+    from hrpo.fast_rollout import (StepSpec, allocate_state, decode_step, decode_weights, decoder_layer,
+                                   model_modules, prefill, reset_outputs, step_functions, step_gate)
+
+    ids, mask = left_pad(PROMPTS, tokenizer.pad_token_id)
+    weights, modules = decode_weights(lora_model), model_modules(lora_model)
+    state = allocate_state(weights, 3, ids.shape[1] + 6, 6, modules.embed.weight.shape[1], weights.lm_head.shape[0],
+                           True, torch.float32, ids.device)
+    spec = StepSpec(sampling=SamplingConfig(max_new_tokens=6, temperature=0.7, top_k=8), mode="hybrid",
+                    gate=step_gate(_gate()), matcher=marker_matcher(tokenizer, "####"), eos=torch.tensor([2]),
+                    pad_token_id=tokenizer.pad_token_id, max_new=6)
+    with torch.no_grad():
+        prefill(state, ids, mask, 1, weights, modules)
+        reset_outputs(state, torch.arange(3) * 5 + 1)
+        eager_state = copy.deepcopy(state)
+        layer_fn, start, finish = step_functions(True, True)
+        with torch._dynamo.error_on_graph_break(True):
+            for _ in range(5):
+                decode_step(state, spec, weights, modules, layer_fn, start, finish)
+                decode_step(eager_state, spec, weights, modules, decoder_layer)
+    assert int(state.step) == 5 and state.thinking.any()
+    for name in ("tokens", "real", "thinking", "valid", "positions", "finished"):
+        assert torch.equal(getattr(state, name), getattr(eager_state, name)), name
+    for name in ("logits", "hidden", "latents", "logprobs", "gate_mean"):
+        torch.testing.assert_close(getattr(state, name), getattr(eager_state, name), atol=1e-4, rtol=0)
+    for compiled, eager in zip(state.kv, eager_state.kv):
+        torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=0)

@@ -13,9 +13,10 @@ latents, gate and log-probs); only the decode machinery differs:
   of one KV head attend together (folded into the query axis for SDPA, one block of rows in the split-KV
   kernel of :mod:`hrpo.decode_attention`, used on CUDA) instead of repeating keys and values;
 * one step (sample + latent + gate + forward) only reads and writes fixed buffers, so on CUDA its layer halves
-  and sampler are compiled with ``torch.compile`` and the step is captured as CUDA graphs per (batch, cache
-  length), one per attended length; finished rows keep stepping (masked), and the host checks "all finished"
-  every few steps only;
+  and the parts around the layers (sampling, latent, gate, RoPE; final norm, lm_head) are compiled with
+  ``torch.compile`` and the step is captured as CUDA graphs per (batch, cache length), one per attended
+  length; finished rows keep stepping (masked), and the host checks "all finished" every few steps only,
+  without draining the GPU's queue;
 * the prefill runs the distinct prompts once through the same layer halves, compiled there for any number and
   length of prompts (one compilation with dynamic shapes).
 """
@@ -360,7 +361,7 @@ class GraphOptions:
     # triton, sdpa (F.scaled_dot_product_attention) or matmul (two matmuls + fp32 softmax); prefill uses sdpa
     attention: str = "auto"
     compile_layers: bool = True  # torch.compile the decoder layer (one compiled body shared by all layers)
-    compile_sampler: bool = True  # torch.compile sampling + latent + gate
+    compile_sampler: bool = True  # torch.compile the step around the layers: sampling, latent, gate, RoPE; lm_head
     compile_prefill: bool = True  # torch.compile the prefill's layer halves, with dynamic shapes
     compile_mode: str | None = None  # torch.compile mode, e.g. "max-autotune-no-cudagraphs"
     concatenate_gate: bool = True  # the hybrid gate's two fp32 projections as one GEMM (see ConcatenatedGate)
@@ -464,20 +465,32 @@ def model_modules(model) -> Modules:
     return Modules(embed=model.get_input_embeddings(), rotary=decoder.rotary_emb, act=decoder.layers[0].mlp.act_fn)
 
 
-def forward(x, positions, slots, mask, weights: DecodeWeights, modules: Modules, kv, layer_fn=decoder_layer):
-    """x (B, Q, H) at ``positions`` (B, Q) written to cache ``slots`` (Q,) of each layer's ``kv`` (2, B, Hkv, L, D),
-    attending where ``mask`` (B, 1, Q, A) is true over the first A cache positions -> (last logits (B, V), last
-    normed hidden (B, H))."""
-    cos, sin = modules.rotary(x, positions)
+def decoder_layers(x, cos, sin, slots, mask, weights: DecodeWeights, kv, act, layer_fn=decoder_layer):
+    """x (B, Q, H) with its RoPE ``cos``/``sin`` (B, Q, D) through every layer (see :func:`forward`) -> (the
+    residual stream, the last layer's MLP output), both (B, Q, H): their sum is the last hidden state."""
     if x.shape[1] == 1 and use_decode_kernel(x.device, weights.head_dim):
         mask = mask[:, 0, 0]
     else:
         mask = fold_mask(mask, weights.num_heads // weights.num_kv_heads, x.dtype)
     delta = None
     for i, w in enumerate(weights.tensors):
-        x, delta = layer_fn(x, delta, w, kv[i], slots, mask, cos, sin, weights, modules.act)
+        x, delta = layer_fn(x, delta, w, kv[i], slots, mask, cos, sin, weights, act)
+    return x, delta
+
+
+def last_logits(x, delta, weights: DecodeWeights) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output of :func:`decoder_layers` -> (logits (B, V) and normed hidden state (B, H) of the last position)."""
     hidden = rms_norm(x[:, -1] + delta[:, -1], weights.final_norm, weights.eps)
     return F.linear(hidden, weights.lm_head), hidden
+
+
+def forward(x, positions, slots, mask, weights: DecodeWeights, modules: Modules, kv, layer_fn=decoder_layer):
+    """x (B, Q, H) at ``positions`` (B, Q) written to cache ``slots`` (Q,) of each layer's ``kv`` (2, B, Hkv, L, D),
+    attending where ``mask`` (B, 1, Q, A) is true over the first A cache positions -> (last logits (B, V), last
+    normed hidden (B, H))."""
+    cos, sin = modules.rotary(x, positions)
+    x, delta = decoder_layers(x, cos, sin, slots, mask, weights, kv, modules.act, layer_fn)
+    return last_logits(x, delta, weights)
 
 
 # ----------------------------------------------------------------------------------------------- state
@@ -581,19 +594,35 @@ def next_inputs(state: DecodeState, spec: StepSpec, embed) -> torch.Tensor:
     return inputs.to(token_embeds.dtype)
 
 
-def decode_step(state: DecodeState, spec: StepSpec, weights: DecodeWeights, modules: Modules, layer_fn,
-                sampler=next_inputs, attend: int | None = None) -> None:
-    """One full step t: sample, record, build the next input (gated in the thinking span), forward it,
-    attending over the first ``attend`` cache slots (default all; must cover slot P + t)."""
-    inputs = sampler(state, spec, modules.embed)
+def step_inputs(state: DecodeState, spec: StepSpec, modules: Modules):
+    """The start of step t: sample, record and build its input (:func:`next_inputs`), mark its cache slot P + t
+    valid, and RoPE at its position. Returns (inputs (B, 1, H), slot (1,), cos, sin (B, 1, D))."""
+    inputs = next_inputs(state, spec, modules.embed)
     slot = (state.prompt_len + state.step).view(1)
     state.valid.index_fill_(1, slot, True)
-    logits, hidden = forward(inputs, state.positions, slot, state.valid[:, None, None, :attend],
-                             weights, modules, state.kv, layer_fn)
+    cos, sin = modules.rotary(inputs, state.positions)
+    return inputs, slot, cos, sin
+
+
+def step_outputs(state: DecodeState, x, delta, weights: DecodeWeights) -> None:
+    """The end of step t: the next logits and hidden state from the layers' output, and t + 1."""
+    logits, hidden = last_logits(x, delta, weights)
     state.logits.copy_(logits)
     state.hidden.copy_(hidden)
     state.positions.add_(1)
     state.step.add_(1)
+
+
+def decode_step(state: DecodeState, spec: StepSpec, weights: DecodeWeights, modules: Modules, layer_fn,
+                start=step_inputs, finish=step_outputs, attend: int | None = None) -> None:
+    """One full step t: sample, record, build the next input (gated in the thinking span), forward it,
+    attending over the first ``attend`` cache slots (default all; must cover slot P + t). ``layer_fn``,
+    ``start`` and ``finish`` may be compiled versions of :func:`decoder_layer`, :func:`step_inputs` and
+    :func:`step_outputs`."""
+    inputs, slot, cos, sin = start(state, spec, modules)
+    x, delta = decoder_layers(inputs, cos, sin, slot, state.valid[:, None, None, :attend], weights, state.kv,
+                              modules.act, layer_fn)
+    finish(state, x, delta, weights)
 
 
 def prefill(state: DecodeState, prompt_ids, prompt_mask, group: int, weights: DecodeWeights,
@@ -724,9 +753,12 @@ def _warm_up_prefill(layer_fn, weights: DecodeWeights, modules: Modules, dtype, 
 
 
 def step_functions(compile_layers: bool, compile_sampler: bool):
-    """(layer_fn, sampler) for :func:`decode_step`, each compiled or not."""
+    """(layer_fn, start, finish) for :func:`decode_step`: the layer halves compiled or not, and the step's
+    start and end (sampler, gate, RoPE; final norm, lm_head, counters) compiled or not."""
     layer_fn = make_layer(_compiled(attention_inputs), _compiled(layer_output)) if compile_layers else decoder_layer
-    return layer_fn, (_compiled(next_inputs) if compile_sampler else next_inputs)
+    if not compile_sampler:
+        return layer_fn, step_inputs, step_outputs
+    return layer_fn, _compiled(step_inputs), _compiled(step_outputs)
 
 
 def _capture_once(model, weights: DecodeWeights, spec: StepSpec, key, batch, cache_len, compile_layers: bool,
@@ -736,7 +768,7 @@ def _capture_once(model, weights: DecodeWeights, spec: StepSpec, key, batch, cac
     state = allocate_state(weights, batch, cache_len, spec.max_new, embed.weight.shape[1],
                            weights.lm_head.shape[0], spec.mode != "discrete", embed.weight.dtype,
                            embed.weight.device)
-    layer_fn, sampler = step_functions(compile_layers, compile_sampler)
+    layer_fn, start, finish = step_functions(compile_layers, compile_sampler)
     state.valid[:, 0] = True
     lengths = sorted({attend_length(n, cache_len) for n in range(1, cache_len + 1)})
     side = torch.cuda.Stream()
@@ -744,14 +776,14 @@ def _capture_once(model, weights: DecodeWeights, spec: StepSpec, key, batch, cac
     with torch.cuda.stream(side):  # warm-up: compile, autotune, allocate; attention plans for every length
         for attend in [cache_len] * 2 + lengths:
             state.step.zero_()
-            decode_step(state, spec, weights, modules, layer_fn, sampler, attend)
+            decode_step(state, spec, weights, modules, layer_fn, start, finish, attend)
     torch.cuda.current_stream().wait_stream(side)
     graphs, pool = {}, torch.cuda.graph_pool_handle()  # one memory pool: the graphs never run at once
     for attend in lengths:
         graphs[attend] = torch.cuda.CUDAGraph()
         state.step.zero_()
         with torch.cuda.graph(graphs[attend], pool=pool):
-            decode_step(state, spec, weights, modules, layer_fn, sampler, attend)
+            decode_step(state, spec, weights, modules, layer_fn, start, finish, attend)
     prefill_fn = _prefill_layer_for(weights, modules, embed.weight.dtype, embed.weight.device)
     compiled = "+".join(n for n, on in (("layers", compile_layers), ("sampler", compile_sampler),
                                         ("prefill", prefill_fn is not decoder_layer)) if on) or "none"
