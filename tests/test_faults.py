@@ -346,17 +346,19 @@ def test_interrupted_message_and_exit_codes(tmp_path):
                                            ("periodic_eval", "the periodic evaluation")])
 def test_out_of_memory_inside_the_model_names_the_outer_phase(tmp_path, tiny_model_dirs, capsys, monkeypatch,
                                                                target, phase):
-    """Raised deep inside a Linear layer: the reference forward runs completion_logprobs and the evaluation the
-    rollout, so the phase is the outermost one found in the traceback."""
+    """Raised deep inside a Linear or Embedding layer (the fast rollout engine calls only the embedding as a
+    module): the reference forward runs completion_logprobs and the evaluation the rollout, so the phase is the
+    outermost one found in the traceback."""
     import hrpo.trainer
 
     inside = {"on": False}
-    linear_forward = torch.nn.Linear.forward
 
-    def forward(self, *args, **kwargs):
-        if inside["on"]:
-            _oom()
-        return linear_forward(self, *args, **kwargs)
+    def failing(module_forward):
+        def forward(self, *args, **kwargs):
+            if inside["on"]:
+                _oom()
+            return module_forward(self, *args, **kwargs)
+        return forward
 
     original = getattr(hrpo.trainer, target)
 
@@ -367,7 +369,8 @@ def test_out_of_memory_inside_the_model_names_the_outer_phase(tmp_path, tiny_mod
         finally:
             inside["on"] = False
 
-    monkeypatch.setattr(torch.nn.Linear, "forward", forward)
+    for layer in (torch.nn.Linear, torch.nn.Embedding):
+        monkeypatch.setattr(layer, "forward", failing(layer.forward))
     monkeypatch.setattr(hrpo.trainer, target, during)
     argv = _train_argv(tiny_model_dirs["llama"], tmp_path / "run", 1) + ["--beta", "0.01"]
     if target == "periodic_eval":
