@@ -5,7 +5,8 @@
 
 Stages (each writes ``<stage>[_<tag>].json`` to --out as soon as it ends, and keeps going after an error):
 
-* kernel: the split-KV decode attention kernel vs fp64 attention and SDPA (error, time per call).
+* kernel: the split-KV decode attention kernel vs fp64 attention and SDPA (error, time per call), and with the
+  step's key/value write folded in (error, cache contents, time against a separate index_copy_).
 * equivalence: tiny random Llama/Qwen2 models in fp32, hybrid/discrete/hidden, with sampled "EOS" tokens so rows
   end early: eager vs graph (same row seeds -> same tokens; latents and log-probs within 1e-4).
 * breakdown: Qwen2.5-1.5B shape, batch 64, prompt 256, 256 new tokens on the graph engine: a whole call, the
@@ -129,6 +130,22 @@ def kernel() -> dict:
             error = float((out.double() - reference).abs().max() / reference.abs().max())
             fn()
             report[f"{name}_{str(dtype)[6:]}"] = {"max_rel_error": error, "us_per_call": 1000 * _event_ms(fn, 200)}
+        # the engine's call: the kernel also writes this step's key and value at slot 299 (what a separate
+        # index_copy_ into the cache did before, timed here too)
+        new = torch.randn(2, batch, kv_heads, 1, dim, device="cuda", dtype=dtype, generator=g)
+        slot = torch.tensor([299], device="cuda")
+        written = cache.clone()
+        written[:, :, :, 299] = new[:, :, :, 0]
+        mask = mask.clone()
+        mask[:, 299] = True
+        reference = da.reference_attention(q, written[0, :, :, :n_keys], written[1, :, :, :n_keys], mask, scale)
+        out = da.decode_attention(q, keys, values, mask, scale, new=new, slot=slot)
+        report[f"triton_writing_{str(dtype)[6:]}"] = {
+            "max_rel_error": float((out.double() - reference).abs().max() / reference.abs().max()),
+            "cache_written_exactly": bool(torch.equal(cache, written)),
+            "us_per_call": 1000 * _event_ms(lambda: da.decode_attention(q, keys, values, mask, scale, new=new,
+                                                                        slot=slot), 200),
+            "index_copy_us_per_call": 1000 * _event_ms(lambda: cache.index_copy_(3, slot, new), 200)}
     print(json.dumps(report), flush=True)
     return report
 

@@ -36,6 +36,36 @@ def test_decode_attention_matches_fp64_attention(dtype, tolerance, dim):
                                atol=tolerance, rtol=0)  # one valid key: its value, exactly up to rounding
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("slot", [5, 130])  # in the first and in the last of three chunks
+def test_decode_attention_writes_the_new_key_and_value_and_attends_them(dtype, slot):
+    """With ``new``/``slot`` the kernel stores this step's key and value at the slot (and nowhere else) and the
+    output is attention over the cache holding them, though the slot held something else when it started."""
+    g = torch.Generator().manual_seed(slot)
+    batch, kv_heads, group, cache_len, n_keys, dim = 3, 2, 3, 200, 150, 16
+    cache = torch.randn(2, batch, kv_heads, cache_len, dim, generator=g).to(dtype)
+    new = torch.randn(2, batch, kv_heads, 1, dim, generator=g).to(dtype)
+    q = torch.randn(batch, kv_heads * group, 1, dim, generator=g).to(dtype)
+    valid = torch.zeros(batch, n_keys, dtype=torch.bool)
+    valid[:, :slot + 1] = True
+    valid[1, :3] = False  # left padding
+    expected_cache = cache.clone()
+    expected_cache[:, :, :, slot] = new[:, :, :, 0]
+    scale = 1 / math.sqrt(dim)
+    out = da.decode_attention(q, cache[0, :, :, :n_keys], cache[1, :, :, :n_keys], valid, scale, new=new,
+                              slot=torch.tensor([slot]))
+    assert torch.equal(cache, expected_cache)
+    expected = da.reference_attention(q, expected_cache[0, :, :, :n_keys], expected_cache[1, :, :, :n_keys], valid,
+                                      scale)
+    error = (out.double() - expected).abs().max() / expected.abs().max()
+    assert error < (1e-5 if dtype == torch.float32 else 2e-2)
+    stale = da.reference_attention(q, cache[0, :, :, :n_keys].clone().index_fill_(2, torch.tensor([slot]), 0),
+                                   cache[1, :, :, :n_keys], valid, scale)
+    assert (stale - expected).abs().max() > 10 * (out.double() - expected).abs().max()  # the new key mattered
+    with pytest.raises(ValueError, match="new must be"):
+        da.decode_attention(q, cache[0], cache[1], valid, scale, new=new[:, :, :1], slot=torch.tensor([slot]))
+
+
 def test_split_plan_covers_every_key_in_whole_blocks():
     for rows, n_keys in [(128, 512), (128, 64), (6, 1000), (4096, 3000), (1, 1)]:
         splits, chunk = da.split_plan(rows, n_keys)
@@ -73,9 +103,10 @@ def test_static_engine_on_the_kernel_equals_eager(tokenizer, monkeypatch):
     eager = run("eager", eos)
     calls = []
     monkeypatch.setattr(fr.OPTIONS, "attention", "triton")
-    monkeypatch.setattr(fr, "decode_attention", lambda *a: calls.append(1) or da.decode_attention(*a))
+    monkeypatch.setattr(fr, "decode_attention",
+                        lambda *a, **kw: calls.append(kw["new"] is not None) or da.decode_attention(*a, **kw))
     fast = run("static", eos)
-    assert calls  # the decode steps ran on the kernel
+    assert calls and all(calls)  # the decode steps ran on the kernel, which wrote their keys and values
     assert torch.equal(eager.completion_ids, fast.completion_ids)
     assert torch.equal(eager.thinking_mask, fast.thinking_mask)
     torch.testing.assert_close(eager.logprobs, fast.logprobs, atol=1e-5, rtol=0)

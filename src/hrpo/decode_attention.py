@@ -4,7 +4,8 @@ One query token per row attends over a key/value cache. SDPA's kernels run one p
 walk the keys in sequence, which leaves a decode step latency-bound (~15 us per layer at batch 64 on an H200,
 whatever the length). Here the keys are split into chunks, each (row, KV head, chunk) is one program, and a
 second small kernel merges the chunks by their log-sum-exp (flash-decoding). The query heads that share a KV
-head are one block of rows, so each key and value is read once.
+head are one block of rows, so each key and value is read once. The step's own key and value can be passed
+in: the kernel then writes them into the cache as well (no separate write kernel).
 
 Arithmetic as flash attention: scores and the softmax in fp32, probabilities rounded to the value dtype for the
 product with V, accumulation in fp32, one rounding of the output.
@@ -35,12 +36,12 @@ if triton is not None:
     NEG = tl.constexpr(-1.0e30)  # "minus infinity" that keeps exp() finite: a chunk without valid keys adds 0
 
     @triton.jit
-    def _partial_kernel(Q, K, V, VALID, ACC, MAX, SUM,
+    def _partial_kernel(Q, K, V, VALID, ACC, MAX, SUM, NEW, SLOT,
                         stride_qb, stride_qh, stride_qg, stride_kb, stride_kh, stride_kn,
-                        stride_vb, stride_vh, stride_vn, stride_valid,
+                        stride_vb, stride_vh, stride_vn, stride_valid, stride_new, stride_nb, stride_nh,
                         n_keys, num_kv_heads, group, scale, CHUNK: tl.constexpr,
                         BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-                        PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                        PRECISION: tl.constexpr, UPCAST: tl.constexpr, WRITE_NEW: tl.constexpr):
         bh = tl.program_id(0)
         split = tl.program_id(1)
         splits = tl.num_programs(1)
@@ -55,12 +56,21 @@ if triton is not None:
         total = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
         start = split * CHUNK
+        if WRITE_NEW:  # this step's key and value: attended at cache slot SLOT, and written there by its chunk
+            new_at = tl.load(SLOT)
+            new_k = tl.load(NEW + b * stride_nb + h * stride_nh + dims)
+            new_v = tl.load(NEW + stride_new + b * stride_nb + h * stride_nh + dims)
+            owner = (new_at >= start) & (new_at < start + CHUNK)
+            tl.store(K + b * stride_kb + h * stride_kh + new_at * stride_kn + dims, new_k, mask=owner & (dims >= 0))
+            tl.store(V + b * stride_vb + h * stride_vh + new_at * stride_vn + dims, new_v, mask=owner & (dims >= 0))
         for first in range(0, CHUNK, BLOCK_N):  # CHUNK: a multiple of BLOCK_N
             n = start + first + offs
             inside = n < n_keys
             valid = tl.load(VALID + b * stride_valid + n, mask=inside, other=0) != 0
             k = tl.load(K + b * stride_kb + h * stride_kh + n[:, None] * stride_kn + dims[None, :],
                         mask=inside[:, None], other=0.0)
+            if WRITE_NEW:  # the slot's cache entry may be read before the store above lands: use the new key
+                k = tl.where((n == new_at)[:, None], new_k[None, :], k)
             if UPCAST:  # Triton's CPU interpreter: bf16 dot is broken there; fp32 of the same products
                 scores = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee") * scale
             else:
@@ -72,6 +82,8 @@ if triton is not None:
             total = total * rescale + tl.sum(probs, 1)
             v = tl.load(V + b * stride_vb + h * stride_vh + n[:, None] * stride_vn + dims[None, :],
                         mask=inside[:, None], other=0.0)
+            if WRITE_NEW:
+                v = tl.where((n == new_at)[:, None], new_v[None, :], v)
             if UPCAST:
                 pv = tl.dot(probs.to(v.dtype).to(tl.float32), v.to(tl.float32), input_precision="ieee")
             else:
@@ -123,13 +135,23 @@ def split_plan(rows: int, n_keys: int) -> tuple[int, int]:
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor,
-                     scale: float) -> torch.Tensor:
+                     scale: float, new: torch.Tensor | None = None, slot: torch.Tensor | None = None) -> torch.Tensor:
     """q (B, Hq, 1, D), keys/values (B, Hkv, A, D) (any strides, last one 1), valid (B, A) bool (a key a row
-    may attend to; at least one per row) -> attention output (B, Hq, 1, D) in q's dtype."""
+    may attend to; at least one per row) -> attention output (B, Hq, 1, D) in q's dtype.
+
+    ``new`` (2, B, Hkv, 1, D) and ``slot`` (1,) long (on the device, so a captured graph reads it each replay):
+    this step's key and value, written into keys/values (views of the cache) at position ``slot`` < A by the
+    kernel itself, and attended there (no separate cache write)."""
     batch, heads, _, dim = q.shape
     kv_heads, n_keys = keys.shape[1], keys.shape[2]
     if keys.stride(-1) != 1 or values.stride(-1) != 1:
         raise ValueError("decode_attention needs keys and values with a contiguous last dimension")
+    write_new = new is not None
+    if write_new and (new.shape != (2, batch, kv_heads, 1, dim) or new.stride(-1) != 1 or slot is None):
+        raise ValueError(f"decode_attention: new must be (2, {batch}, {kv_heads}, 1, {dim}) with a contiguous last "
+                         f"dimension, with a slot; got {tuple(new.shape)}")
+    if not write_new:
+        new, slot = q, q  # unused pointers (WRITE_NEW is a compile-time switch)
     group = heads // kv_heads
     queries = q.reshape(batch, kv_heads, group, dim)
     block_g = max(16, triton.next_power_of_2(group))
@@ -140,11 +162,12 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     out = torch.empty(batch, kv_heads, group, dim, dtype=q.dtype, device=q.device)
     precision = "ieee" if q.dtype == torch.float32 else None  # fp32 inputs: no tf32 rounding
     _partial_kernel[(batch * kv_heads, splits)](
-        queries, keys, values, valid, partial, best, total,
+        queries, keys, values, valid, partial, best, total, new, slot,
         queries.stride(0), queries.stride(1), queries.stride(2), keys.stride(0), keys.stride(1), keys.stride(2),
         values.stride(0), values.stride(1), values.stride(2), valid.stride(0),
-        n_keys, kv_heads, group, scale, CHUNK=chunk,
-        BLOCK_G=block_g, BLOCK_N=BLOCK_N, HEAD_DIM=dim, PRECISION=precision, UPCAST=q.device.type != "cuda")
+        new.stride(0) if write_new else 0, new.stride(1) if write_new else 0, new.stride(2) if write_new else 0,
+        n_keys, kv_heads, group, scale, CHUNK=chunk, BLOCK_G=block_g, BLOCK_N=BLOCK_N, HEAD_DIM=dim,
+        PRECISION=precision, UPCAST=q.device.type != "cuda", WRITE_NEW=write_new)
     _merge_kernel[(batch * kv_heads,)](
         partial, best, total, out, out.stride(0), out.stride(1), out.stride(2), kv_heads, group,
         SPLITS=splits, BLOCK_G=block_g, BLOCK_S=triton.next_power_of_2(splits), HEAD_DIM=dim)

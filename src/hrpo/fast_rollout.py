@@ -436,12 +436,13 @@ def make_layer(pre=attention_inputs, post=layer_output):
         at cache ``slots`` (Q,) of ``kv`` (2, B, Hkv, L, D), then attends over its first ``mask.shape[-1]``
         positions."""
         x, q, fresh = pre(x, delta, w, cos, sin, dims)
-        kv.index_copy_(3, slots, fresh)
         length = mask.shape[-1]
         keys, values = kv[0, :, :, :length], kv[1, :, :, :length]
-        if mask.dim() == 2:  # (B, A) validity: one decode token per row, on the split-KV kernel
-            attn = decode_attention(q, keys, values, mask, dims.scaling)
+        if mask.dim() == 2:  # (B, A) validity: one decode token per row, on the split-KV kernel, which also
+            # writes this step's keys and values into the cache (one kernel less per layer)
+            attn = decode_attention(q, keys, values, mask, dims.scaling, new=fresh, slot=slots)
         else:
+            kv.index_copy_(3, slots, fresh)
             attn = grouped_attention(q, keys, values, mask, dims.scaling)
         return post(x, attn, w, dims, act)
 
