@@ -154,15 +154,20 @@ Copy = tuple  # (target, source, scale): target <- source * scale, cast to the t
 
 
 def run_copies(copies: list[Copy]) -> None:
-    """Carry out ``copies`` with a few multi-tensor ops (one launch per group on CUDA instead of one per copy);
-    a copy whose target is its source is skipped."""
+    """Carry out ``copies`` with a few multi-tensor ops (on CUDA a few launches for all the copies of one dtype
+    pair between dense tensors, instead of one per copy); a copy whose target is its source is skipped."""
     copies = [c for c in copies if c[0].data_ptr() != c[1].data_ptr()]
     scaled = [c for c in copies if c[2] != 1.0]
-    targets = [c[0] for c in copies if c[2] == 1.0] + [c[0] for c in scaled]
-    sources = [c[1] for c in copies if c[2] == 1.0]
+    pairs = [(c[0], c[1]) for c in copies if c[2] == 1.0]
     if scaled:  # B * s in the adapter's dtype, then one cast into the target: as peft scales
-        sources += torch._foreach_mul([c[1] for c in scaled], [float(c[2]) for c in scaled])
-    if targets:
+        pairs += zip([c[0] for c in scaled], torch._foreach_mul([c[1] for c in scaled], [float(c[2]) for c in scaled]))
+    groups: dict[tuple, tuple[list, list]] = {}  # the multi-tensor kernels take only dense tensors of one dtype
+    for target, source in pairs:
+        key = (target.dtype, source.dtype, target.is_contiguous() and source.is_contiguous())
+        targets, sources = groups.setdefault(key, ([], []))
+        targets.append(target)
+        sources.append(source)
+    for targets, sources in groups.values():
         torch._foreach_copy_(targets, sources)
 
 
