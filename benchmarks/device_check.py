@@ -211,7 +211,8 @@ def breakdown(group: int = 1, lora_r: int = 0, modes=("hybrid", "discrete")) -> 
                                      ("unchecked", NEW, 0)):
                 fr.reset_outputs(state, kw["row_seeds"])
                 loop_ms[name] = _event_ms(lambda: fr.run_steps(state, engine.spec, modules,
-                                                               lambda t: engine.replay(PROMPT + t + 1), every, lag), 1)
+                                                               lambda t: engine.replay(PROMPT + t + 1), every, lag,
+                                                               engine.last.replay), 1)
             weights_ms = _event_ms(lambda: fr.decode_weights(model, into=engine.weights), 3)
         report[mode] = {"compiled": engine.compiled, "first_call_s": first, "call_s": best["compiled"],
                         "steps_per_s": NEW / best["compiled"], "call_s_eager_prefill": best["eager"],

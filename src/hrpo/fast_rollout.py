@@ -684,6 +684,7 @@ class GraphEngine:
     state: DecodeState
     spec: StepSpec
     graphs: dict[int, torch.cuda.CUDAGraph]
+    last: torch.cuda.CUDAGraph  # :func:`sample_into` alone: the last column, sampled and never fed back
     compiled: str  # what ran compiled: "layers+sampler+prefill", ..., or "none"
     prefill_layer: object  # the layer function of this engine's prefill (see :func:`prefill_layer`)
 
@@ -783,6 +784,7 @@ def _capture_once(model, weights: DecodeWeights, spec: StepSpec, key, batch, cac
         for attend in [cache_len] * 2 + lengths:
             state.step.zero_()
             decode_step(state, spec, weights, modules, layer_fn, start, finish, attend)
+        sample_into(state, spec, embed)
     torch.cuda.current_stream().wait_stream(side)
     graphs, pool = {}, torch.cuda.graph_pool_handle()  # one memory pool: the graphs never run at once
     for attend in lengths:
@@ -790,11 +792,14 @@ def _capture_once(model, weights: DecodeWeights, spec: StepSpec, key, batch, cac
         state.step.zero_()
         with torch.cuda.graph(graphs[attend], pool=pool):
             decode_step(state, spec, weights, modules, layer_fn, start, finish, attend)
+    last = torch.cuda.CUDAGraph()  # eager ops, captured: one launch instead of about a hundred
+    with torch.cuda.graph(last, pool=pool):
+        sample_into(state, spec, embed)
     prefill_fn = _prefill_layer_for(weights, modules, embed.weight.dtype, embed.weight.device)
     compiled = "+".join(n for n, on in (("layers", compile_layers), ("sampler", compile_sampler),
                                         ("prefill", prefill_fn is not decoder_layer)) if on) or "none"
-    return GraphEngine(key=key, weights=weights, state=state, spec=spec, graphs=graphs, compiled=compiled,
-                       prefill_layer=prefill_fn)
+    return GraphEngine(key=key, weights=weights, state=state, spec=spec, graphs=graphs, last=last,
+                       compiled=compiled, prefill_layer=prefill_fn)
 
 
 def _capture(model, weights: DecodeWeights, spec: StepSpec, key, batch, cache_len) -> GraphEngine:
@@ -875,7 +880,7 @@ def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sa
         state, weights = graph_engine.state, graph_engine.weights
         step_fn = lambda t: graph_engine.replay(length + t + 1)  # noqa: E731
         sync_every, check_lag = sync_every or SYNC_EVERY, CHECK_LAG if check_lag is None else check_lag
-        layer_fn = graph_engine.prefill_layer
+        layer_fn, last_fn = graph_engine.prefill_layer, graph_engine.last.replay
     else:
         weights = decode_weights(model)
         spec = replace(spec, gate=step_gate(spec.gate))
@@ -884,10 +889,10 @@ def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sa
         step_fn = lambda t: decode_step(state, spec, weights, modules, decoder_layer,  # noqa: E731
                                         attend=length + t + 1)
         sync_every, check_lag = sync_every or 1, check_lag or 0
-        layer_fn = decoder_layer
+        layer_fn, last_fn = decoder_layer, None
     prefill(state, prompt_ids, prompt_mask, group, weights, modules, layer_fn)
     reset_outputs(state, row_seeds)
-    run_steps(state, spec, modules, step_fn, sync_every, check_lag)
+    run_steps(state, spec, modules, step_fn, sync_every, check_lag, last_fn)
     return _rollout(state, prompt_ids, prompt_mask)
 
 
@@ -911,9 +916,9 @@ def _probe_answer(probe) -> bool:
 
 
 def run_steps(state: DecodeState, spec: StepSpec, modules: Modules, step_fn, sync_every: int,
-              check_lag: int = 0) -> None:
-    """Run ``step_fn(t)`` (one :func:`decode_step`) for t < N - 1, then sample the last column (never fed back)
-    unless every row finished. Every ``sync_every`` steps the loop asks whether every row finished and stops on
+              check_lag: int = 0, last_fn=None) -> None:
+    """Run ``step_fn(t)`` (one :func:`decode_step`) for t < N - 1, then sample the last column (never fed back;
+    ``last_fn()`` if given, else :func:`sample_into`) unless every row finished. Every ``sync_every`` steps the loop asks whether every row finished and stops on
     the answer to the question asked ``check_lag`` checks earlier: with a lag the host waits only for work
     queued that long ago, so the GPU always has the next steps queued (the extra steps are masked)."""
     probes = []
@@ -923,8 +928,12 @@ def run_steps(state: DecodeState, spec: StepSpec, modules: Modules, step_fn, syn
             probes.append(_finished_probe(state.finished))
             if len(probes) > check_lag and _probe_answer(probes[-1 - check_lag]):
                 return
-    if not bool(state.finished.all()):
+    if bool(state.finished.all()):
+        return
+    if last_fn is None:
         sample_into(state, spec, modules.embed)
+    else:
+        last_fn()
 
 
 def _rollout(state: DecodeState, prompt_ids, prompt_mask) -> Rollout:
