@@ -1,12 +1,13 @@
 """The CUDA-graph engine's plumbing on CPU: capture, replay, the in-place refresh of weights and gate between
-calls, the captured last column and the lagged "all finished" loop, under an emulation of CUDA graphs.
+calls, the captured last column and the lagged "all finished" loop, under an emulation of CUDA graphs, with
+the step eager or traced by the compiler.
 
 A fake ``torch.cuda.graph`` records every aten op run inside it (and refuses a host sync, as a real capture
 does); ``replay()`` runs the recorded ops again on the same tensors, writing each result into the tensor the
 capture produced, so later ops read it where they read it during capture: what a real graph does with fixed
-addresses. Python decisions are frozen at capture, as in a real graph. Compilation is off (compiled code does
-not go through the dispatcher) and attention is SDPA (a Triton launch is not an aten op); the GPU check in
-``benchmarks/device_check.py`` covers the compiled, kernel-using engine.
+addresses. Python decisions are frozen at capture, as in a real graph. Compiled functions use the aot_eager
+backend (inductor's kernels would not go through the dispatcher) and attention is SDPA (a Triton launch is not
+an aten op); the GPU check in ``benchmarks/device_check.py`` covers the inductor- and kernel-using engine.
 """
 
 import contextlib
@@ -29,6 +30,10 @@ class _Recorder(TorchDispatchMode):
     def __init__(self, ops):
         super().__init__()
         self.ops = ops
+
+    @classmethod
+    def is_infra_mode(cls) -> bool:  # so that compiled functions run compiled under it (dynamo skips user modes)
+        return True
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten._local_scalar_dense.default:
@@ -68,15 +73,19 @@ class _Stream:
         pass
 
 
-@pytest.fixture
-def emulated_cuda_graphs(monkeypatch):
+@pytest.fixture(params=["eager", "traced"])
+def emulated_cuda_graphs(request, monkeypatch):
+    """CUDA graphs emulated; the step either eager or compiled by dynamo + AOT autograd into aten ops
+    ("traced": the compiled functions' graph breaks, guards and input mutations, but no inductor kernels)."""
     for name, value in {"CUDAGraph": FakeGraph, "graph": _capture, "Stream": _Stream,
                         "stream": lambda s: contextlib.nullcontext(), "current_stream": _Stream,
                         "graph_pool_handle": lambda: None, "synchronize": lambda: None,
                         "empty_cache": lambda: None}.items():
         monkeypatch.setattr(torch.cuda, name, value)
+    traced = request.param == "traced"
     for option in ("compile_layers", "compile_sampler", "compile_prefill"):
-        monkeypatch.setattr(fr.OPTIONS, option, False)
+        monkeypatch.setattr(fr.OPTIONS, option, traced)
+    monkeypatch.setattr(fr.OPTIONS, "compile_backend", "aot_eager")
     monkeypatch.setattr(fr.OPTIONS, "attention", "sdpa")
     fr._GRAPHS.clear()
     yield
@@ -123,7 +132,8 @@ def test_emulated_graph_engine_equals_eager_and_follows_weight_updates(arch, tok
     FakeGraph.replays = 0
     _assert_same(eager, _rollout(model, tokenizer, gate, eos, "graph", sampling))
     engine = fr._GRAPHS[id(model)]
-    assert engine.compiled == "none" and FakeGraph.replays > 0
+    assert FakeGraph.replays > 0
+    assert engine.compiled == ("layers+sampler+prefill" if fr.OPTIONS.compile_layers else "none")
 
     named = dict(model.named_parameters())
     with torch.no_grad():

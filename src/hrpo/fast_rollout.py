@@ -369,6 +369,7 @@ class GraphOptions:
     compile_sampler: bool = True  # torch.compile the step around the layers: sampling, latent, gate, RoPE; lm_head
     compile_prefill: bool = True  # torch.compile the prefill's layer halves, with dynamic shapes
     compile_mode: str | None = None  # torch.compile mode, e.g. "max-autotune-no-cudagraphs"
+    compile_backend: str = "inductor"  # torch.compile backend ("aot_eager": traced, run as aten ops; for tests)
     concatenate_gate: bool = True  # the hybrid gate's two fp32 projections as one GEMM (see ConcatenatedGate)
 
 
@@ -702,7 +703,7 @@ def _compiled(fn, dynamic: bool | None = False):
     for name in ("recompile_limit", "cache_size_limit"):  # one compiled variant per model shape, not per call
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
-    return torch.compile(fn, dynamic=dynamic, mode=OPTIONS.compile_mode)
+    return torch.compile(fn, dynamic=dynamic, mode=OPTIONS.compile_mode, backend=OPTIONS.compile_backend)
 
 
 def _mark_dynamic(t: torch.Tensor | None, *dims: int) -> None:
