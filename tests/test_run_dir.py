@@ -162,12 +162,15 @@ def test_train_api_refuses_max_steps_below_the_current_step(run3, tmp_path):
 
 
 def test_resume_applies_a_new_learning_rate(run3, tmp_path):
-    """--lr on resume (what a non-finite stop advises) reaches the optimizer, not only config.yaml."""
+    """--lr on resume (what a non-finite stop advises) reaches the optimizer, not only config.yaml, and the
+    resume says which settings changed (config.yaml then holds only the new values)."""
     from hrpo.trainer import resume_config, setup, warmup_cosine
 
     run = _copy(run3, tmp_path / "run")
     cfg = resume_config(run, {"lr": 1e-2, "max_steps": 6, "weight_decay": 0.0})
-    trainer = setup(cfg, resume=run, log=lambda *a: None)
+    said = []
+    trainer = setup(cfg, resume=run, log=said.append)
+    assert said[-1] == "resumed with changed settings: max_steps 3 -> 6, lr 5e-06 -> 0.01, weight_decay 0.1 -> 0.0"
     lora = next(g for g in trainer.optimizer.param_groups if g["name"] == "lora")
     assert trainer.step == 3 and lora["weight_decay"] == 0.0
     assert lora["lr"] == pytest.approx(1e-2 * warmup_cosine(6, cfg.warmup_ratio)(3))

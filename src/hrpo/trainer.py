@@ -148,11 +148,25 @@ def setup(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Trai
         check_max_steps(run_dir, trainer.step, cfg.max_steps)
         apply_optimizer_config(cfg, optimizer, scheduler)
         log(f"resumed from {ckpt} (step {trainer.step})")
+        changed = changed_settings(run_dir / CONFIG_FILE, cfg)
+        if changed:  # config.yaml is rewritten below: say what the run was trained with until now
+            log(f"resumed with changed settings: {changed}")
     trainer.prepared = prepare(dist, model, gate, optimizer)
     trainer.optimizer = trainer.prepared.optimizer
     if dist.is_main:
         save_yaml(cfg, run_dir / CONFIG_FILE)
     return trainer
+
+
+def changed_settings(saved_config: Path, cfg: TrainConfig) -> str:
+    """'key old -> new, ...' for every setting of ``cfg`` that differs from the run's saved config.yaml
+    ('' when none does or the file is unreadable; the run directory itself may have moved)."""
+    try:
+        saved = load_yaml(saved_config)
+    except Exception:
+        return ""
+    return ", ".join(f"{key} {saved[key]!r} -> {value!r}" for key, value in cfg.to_dict().items()
+                     if key in saved and key != "output_dir" and not _same_setting(key, saved[key], value))
 
 
 def occupied_run_dir(run_dir: Path) -> str | None:
