@@ -280,3 +280,5 @@ def test_right_padded_prompts_are_refused_with_the_row(engine, tiny_model_dirs, 
     assert generate(model, ids, mask, sampling, **kw).completion_ids.shape == (2, 2)
     with pytest.raises(ValueError, match="left-padded.*row 1 of prompt_mask ends in padding"):
         generate(model, right_ids, right_mask, sampling, **kw)
+    with pytest.raises(ValueError, match="at least one token"):
+        generate(model, ids[:, :0], mask[:, :0], sampling, **kw)

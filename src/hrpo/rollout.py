@@ -208,6 +208,9 @@ def rollout_setup(mode: str | None, gate: HybridGate | None, matcher: MarkerMatc
     """Check a rollout's arguments (``prompt_mask`` (B, P) must be left-padded: every row ends in a real token);
     return the mode (default: hybrid with a gate, else discrete) and the row seeds (B,) on ``device`` (drawn
     from ``generator`` when None)."""
+    if prompt_mask.dim() != 2 or prompt_mask.shape[1] == 0:
+        raise ValueError(f"prompt_mask must be (batch, prompt length) with at least one token, got shape "
+                         f"{tuple(prompt_mask.shape)}")
     last = prompt_mask[:, -1].bool()
     if not bool(last.all()):
         row = int((~last).nonzero()[0, 0])
