@@ -150,6 +150,15 @@ def test_resume_refuses_max_steps_below_the_current_step(run3, tmp_path, capsys)
     assert _snapshot(run) == before and load_yaml(run / "config.yaml")["max_steps"] == 3
 
 
+def test_resume_at_max_steps_says_there_is_nothing_to_train(run3, tmp_path, capsys):
+    run = _copy(run3, tmp_path / "run")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "nothing to train: the run is already at step 3 = max_steps; pass --max-steps larger than 3" in err
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+
+
 def test_train_api_refuses_max_steps_below_the_current_step(run3, tmp_path):
     from hrpo.trainer import train
 

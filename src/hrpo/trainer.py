@@ -396,6 +396,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, quiet: bool = Fals
         _truncate_metrics(metrics_path, trainer.step)
     console.print(f"run directory: [bold]{trainer.run_dir}[/bold]  (mode {cfg.mode}, {cfg.max_steps} steps, "
                   f"{cfg.prompts_per_step}x{cfg.group_size} completions per step)")
+    if trainer.step >= cfg.max_steps:
+        console.print(f"nothing to train: the run is already at step {trainer.step} = max_steps; pass --max-steps "
+                      f"larger than {trainer.step} to train further")
     last_saved = trainer.step
     tracker = open_tracker(cfg.report_to if main else "none", trainer.run_dir, cfg.to_dict())
     sink_path = metrics_path if main else Path(os.devnull)
