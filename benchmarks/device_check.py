@@ -8,7 +8,8 @@ Stages (each writes ``<stage>[_<tag>].json`` to --out as soon as it ends, and ke
 * kernel: the split-KV decode attention kernel vs fp64 attention and SDPA (error, time per call), and with the
   step's key/value write folded in (error, cache contents, time against a separate index_copy_).
 * equivalence: tiny random Llama/Qwen2 models in fp32, hybrid/discrete/hidden, with sampled "EOS" tokens so rows
-  end early: eager vs graph (same row seeds -> same tokens; latents and log-probs within 1e-4).
+  end early: eager vs graph (same row seeds -> same tokens; latents and log-probs within 1e-4); in hybrid mode
+  once more after an optimizer-like update of weights, a norm and the gate (the same captured graphs).
 * breakdown: Qwen2.5-1.5B shape, batch 64, prompt 256, 256 new tokens on the graph engine: a whole call, the
   prefill alone, one decode step alone (mean of the N - 1 graph replays of a rollout, device events) and the
   weight refresh; the call and the prefill also with the eager prefill layer; the decode loop with the call's
@@ -99,6 +100,25 @@ def equivalence(modes=("hybrid", "discrete", "hidden"), engines=("eager", "graph
                     c = entry[f"{e}_vs_eager"]
                     ok &= c["same_ids"] and c["same_masks"] and c["logprob_max_diff"] < 1e-4
             report[f"{arch}/{mode}"] = entry
+        if "graph" in engines and "hybrid" in modes:  # an optimizer-like update, then the same captured graphs
+            kw = dict(gate=gate, matcher=matcher, pad_token_id=0, row_seeds=seeds, group_size=2, mode="hybrid",
+                      eos_token_ids=eos)
+            before = generate(model, ids, mask, sampling, engine="graph", **kw)
+            engine = fr._GRAPHS[id(model)]
+            g = torch.Generator().manual_seed(1)
+            with torch.no_grad():
+                for layer in model.model.layers:
+                    for p in (layer.self_attn.v_proj.weight, layer.mlp.up_proj.weight, layer.input_layernorm.weight):
+                        p.add_(torch.randn(p.shape, generator=g).to(p.device))
+                gate.gate_r.weight.add_(torch.randn(gate.gate_r.weight.shape, generator=g).to(gate.Lambda.device))
+                gate.Lambda.sub_(1.0)
+            runs = {e: generate(model, ids, mask, sampling, engine=e, **kw) for e in engines}
+            c = compare(runs["eager"], runs["graph"])
+            c["same_captured_engine"] = fr._GRAPHS[id(model)] is engine
+            c["update_changed_tokens"] = not torch.equal(before.completion_ids, runs["graph"].completion_ids)
+            ok &= (c["same_ids"] and c["same_masks"] and c["logprob_max_diff"] < 1e-4 and c["same_captured_engine"]
+                   and c["update_changed_tokens"])
+            report[f"{arch}/hybrid_after_update"] = c
         fr._GRAPHS.clear()
     report["all_equal"] = ok
     return report

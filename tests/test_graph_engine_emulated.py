@@ -166,3 +166,21 @@ def test_a_host_sync_inside_the_emulated_capture_is_refused():
     with pytest.raises(RuntimeError, match="host sync"):
         with _capture(graph):
             bool(torch.ones(2).sum() > 1)
+
+
+def test_the_device_checks_equivalence_stage_runs(monkeypatch, emulated_cuda_graphs):
+    """`benchmarks/device_check.py equivalence` (the first stage of a GPU session) runs end to end here, with
+    ``.cuda()`` a no-op, so a slip in it costs no device time; its own verdict must hold too."""
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
+    monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
+    resolve = fr.resolve_engine
+    monkeypatch.setattr(fr, "resolve_engine", lambda e, model, mode: e if e == "graph" else resolve(e, model, mode))
+    sys.modules.pop("device_check", None)
+    import device_check
+
+    report = device_check.equivalence(modes=("hybrid", "discrete"))
+    assert report["all_equal"] and report["llama/hybrid_after_update"]["update_changed_tokens"]
