@@ -7,7 +7,7 @@ from .rollout import MarkerMatcher, Rollout, SamplingConfig, generate, marker_ma
 
 __all__ = [
     "HybridGate", "latent_embeddings", "topk_latent_embeddings", "mix_inputs", "TrainConfig", "build_config",
-    "Rollout", "SamplingConfig", "MarkerMatcher", "marker_matcher", "generate", "group_advantages", "k3_kl", "hrpo_loss",
-    "completion_logprobs",
+    "Rollout", "SamplingConfig", "MarkerMatcher", "marker_matcher", "generate", "group_advantages", "k3_kl",
+    "hrpo_loss", "completion_logprobs",
 ]
 __version__ = "0.1.0"

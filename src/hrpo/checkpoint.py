@@ -122,13 +122,19 @@ def save_checkpoint(run_dir: Path, step: int, model, gate: HybridGate | None, op
     return final
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """N for a directory named checkpoint-N, else None."""
+    m = _CKPT.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints in ``run_dir``, oldest first."""
     found = []
     for p in Path(run_dir).iterdir() if Path(run_dir).is_dir() else []:
-        m = _CKPT.match(p.name)
-        if m and p.is_dir():
-            found.append((int(m.group(1)), p))
+        step = checkpoint_step(p)
+        if step is not None and p.is_dir():
+            found.append((step, p))
     return [p for _, p in sorted(found)]
 
 

@@ -337,8 +337,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                           greedy=args.temperature is None, temperature=args.temperature, progress=not args.quiet,
                           max_prompt_tokens=args.max_prompt_tokens, seed=args.seed)
         meta = {"model": policy.model_name, "adapter": args.adapter, "mode": policy.mode, "split": args.split,
-                "data": path or ("hub" if task.hub else "generated"), "limit": args.limit, "prompt_format": prompt_format,
-                "marker": task.marker, "greedy": args.temperature is None, "temperature": args.temperature,
+                "data": path or ("hub" if task.hub else "generated"), "limit": args.limit,
+                "prompt_format": prompt_format, "marker": task.marker, "greedy": args.temperature is None,
+                "temperature": args.temperature,
                 "latent_temperature": policy.temperature, "max_new_tokens": args.max_new_tokens,
                 "max_prompt_tokens": args.max_prompt_tokens, "batch_size": args.batch_size, "seed": args.seed}
         json_path, _ = write_report(result, out_dir, task.name, meta)

@@ -68,9 +68,9 @@ def unsupported_reason(model) -> str | None:
         for module in _projections(layer):
             for adapter in _active_lora(module):
                 variant = getattr(module, "lora_variant", {}).get(adapter)
-                if variant is not None or getattr(module, "use_dora", {}).get(adapter, False):
-                    name = "DoRA" if getattr(module, "use_dora", {}).get(adapter, False) else type(variant).__name__
-                    return f"{name} adapters (only plain LoRA is fused)"
+                dora = getattr(module, "use_dora", {}).get(adapter, False)
+                if variant is not None or dora:
+                    return f"{'DoRA' if dora else type(variant).__name__} adapters (only plain LoRA is fused)"
     for module in (base.get_input_embeddings(), base.get_output_embeddings()):
         if _active_lora(module):
             return "LoRA adapters on the input or output embeddings"
@@ -160,7 +160,8 @@ def run_copies(copies: list[Copy]) -> None:
     scaled = [c for c in copies if c[2] != 1.0]
     pairs = [(c[0], c[1]) for c in copies if c[2] == 1.0]
     if scaled:  # B * s in the adapter's dtype, then one cast into the target: as peft scales
-        pairs += zip([c[0] for c in scaled], torch._foreach_mul([c[1] for c in scaled], [float(c[2]) for c in scaled]))
+        products = torch._foreach_mul([c[1] for c in scaled], [float(c[2]) for c in scaled])
+        pairs += zip([c[0] for c in scaled], products)
     groups: dict[tuple, tuple[list, list]] = {}  # the multi-tensor kernels take only dense tensors of one dtype
     for target, source in pairs:
         key = (target.dtype, source.dtype, target.is_contiguous() and source.is_contiguous())
@@ -282,17 +283,18 @@ def decode_weights(model, into: DecodeWeights | None = None) -> DecodeWeights:
                  "q_norm": attn.q_norm.weight.detach() if hasattr(attn, "q_norm") else None,
                  "k_norm": attn.k_norm.weight.detach() if hasattr(attn, "k_norm") else None}
         for key, value in plain.items():
-            fused[key] = value if old is None or value is None else old[key]
-            if old is not None and value is not None:
+            if old is None or value is None:
+                fused[key] = value
+            else:
+                fused[key] = old[key]
                 copies.append((old[key], value, 1.0))
         layers.append(fused)
     final_norm = decoder.norm.weight.detach()
     lm_head = linear_parts(base.get_output_embeddings()).weight
     if into is not None:
-        copies += [(into.final_norm, final_norm, 1.0), (into.lm_head, lm_head, 1.0)]
-    run_copies(copies)
-    if into is not None:
+        run_copies(copies + [(into.final_norm, final_norm, 1.0), (into.lm_head, lm_head, 1.0)])
         return into
+    run_copies(copies)
     attn0 = decoder.layers[0].self_attn
     head_dim = attn0.head_dim
     return DecodeWeights(
@@ -707,6 +709,8 @@ def _compiled(fn, dynamic: bool | None = False):
 
 
 def _mark_dynamic(t: torch.Tensor | None, *dims: int) -> None:
+    import torch._dynamo
+
     for dim in dims:
         if t is not None and t.shape[dim] > 1:  # size 1 is always specialised by the compiler
             torch._dynamo.mark_dynamic(t, dim)
@@ -718,8 +722,6 @@ def prefill_layer(compiled: bool):
     more), or the eager layer."""
     if not compiled:
         return decoder_layer
-    import torch._dynamo
-
     pre, post = _compiled(attention_inputs, dynamic=None), _compiled(layer_output, dynamic=None)
 
     def prompt_pre(x, delta, w, cos, sin, dims):
@@ -919,9 +921,10 @@ def _probe_answer(probe) -> bool:
 def run_steps(state: DecodeState, spec: StepSpec, modules: Modules, step_fn, sync_every: int,
               check_lag: int = 0, last_fn=None) -> None:
     """Run ``step_fn(t)`` (one :func:`decode_step`) for t < N - 1, then sample the last column (never fed back;
-    ``last_fn()`` if given, else :func:`sample_into`) unless every row finished. Every ``sync_every`` steps the loop asks whether every row finished and stops on
-    the answer to the question asked ``check_lag`` checks earlier: with a lag the host waits only for work
-    queued that long ago, so the GPU always has the next steps queued (the extra steps are masked)."""
+    ``last_fn()`` if given, else :func:`sample_into`) unless every row finished. Every ``sync_every`` steps the
+    loop asks whether every row finished and stops on the answer to the question asked ``check_lag`` checks
+    earlier: with a lag the host waits only for work queued that long ago, so the GPU always has the next steps
+    queued (the extra steps are masked)."""
     probes = []
     for t in range(spec.max_new - 1):
         step_fn(t)

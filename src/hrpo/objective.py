@@ -85,14 +85,14 @@ def completion_logprobs(model, rollout: Rollout, inputs_embeds: torch.Tensor, te
         from transformers import DynamicCache
 
         cache = DynamicCache(config=model.config)
+        cache_kw = {cache_argument(model): cache}
         heads = slice(None, None, group_size)
         prefix = model(inputs_embeds=inputs_embeds[heads, :prompt_len], attention_mask=attention_mask[heads, :prompt_len],
-                       position_ids=positions[heads, :prompt_len], use_cache=True, logits_to_keep=1,
-                       **{cache_argument(model): cache})
+                       position_ids=positions[heads, :prompt_len], use_cache=True, logits_to_keep=1, **cache_kw)
         if cache.get_seq_length() == prompt_len:  # else the model dropped the cache: run the full forward
             cache.batch_repeat_interleave(group_size)
             rest = model(inputs_embeds=inputs_embeds[:, prompt_len:], attention_mask=attention_mask,
-                         position_ids=positions[:, prompt_len:], use_cache=True, **{cache_argument(model): cache})
+                         position_ids=positions[:, prompt_len:], use_cache=True, **cache_kw)
             first = prefix.logits[:, -1:].repeat_interleave(group_size, dim=0)
             logits = torch.cat([first, rest.logits[:, :-1]], dim=1)
     if logits is None:

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from . import tasks
-from .checkpoint import (CheckpointError, find_checkpoint, list_checkpoints, load_checkpoint, newest_checkpoint,
-                         save_checkpoint)
+from .checkpoint import (CheckpointError, checkpoint_step, find_checkpoint, list_checkpoints, load_checkpoint,
+                         newest_checkpoint, save_checkpoint)
 from .config import ConfigError, TrainConfig, build_config, load_yaml, save_yaml
 from .faults import GracefulStop, NonFiniteGuard, TrainingInterrupted, contained_rewards, oom_guard
 from .distributed import (Prepared, ProcessInfo, any_process, backward, broadcast, check_divisible, gradient_sync,
@@ -478,7 +478,7 @@ def resume_config(run_dir: str | Path, overrides: dict) -> TrainConfig:
     if out is not None and Path(out).resolve() != Path(run_dir).resolve():
         raise ConfigError(f"--output-dir {out} with --resume {run_dir}: a resumed run goes on writing into "
                           f"{run_dir}; drop --output-dir (or copy the run directory first and resume the copy)")
-    check_max_steps(Path(run_dir), int(newest.name.split("-")[1]), cfg.max_steps)
+    check_max_steps(Path(run_dir), checkpoint_step(newest), cfg.max_steps)
     return cfg
 
 
