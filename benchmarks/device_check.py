@@ -356,13 +356,12 @@ def gate_gemm(calls: int = 20, replays: int = 20) -> dict:
     rows, hidden = BATCH, 1536
     gate = HybridGate(hidden).cuda()
     e = torch.randn(rows, hidden, device="cuda", generator=torch.Generator(device="cuda").manual_seed(0))
-    weight = torch.cat([gate.gate_r.weight, gate.gate_i.weight]).detach()
-    bias = torch.cat([gate.gate_r.bias, gate.gate_i.bias]).detach()
+    concatenated = fr.concatenated_gate(gate)  # what the engine's step uses
     stacked_w = torch.stack([gate.gate_r.weight, gate.gate_i.weight]).transpose(1, 2).detach()
     stacked_b = torch.stack([gate.gate_r.bias, gate.gate_i.bias])[:, None].detach()
     variants = {
         "two_linears": lambda: torch.cat([gate.gate_r(e), gate.gate_i(e)], dim=-1),
-        "one_concatenated_linear": lambda: F.linear(e, weight, bias),
+        "one_concatenated_linear": lambda: F.linear(e, concatenated.weight, concatenated.bias),
         "baddbmm_pair": lambda: torch.baddbmm(stacked_b, e.expand(2, rows, hidden), stacked_w).transpose(0, 1)
         .reshape(rows, 2 * hidden),
     }
