@@ -83,3 +83,29 @@ def tiny_model_dirs(tmp_path_factory, tokenizer_dir, tokenizer):
         tokenizer.save_pretrained(out)
         dirs[arch] = out
     return dirs
+
+
+def with_random_lora(model):
+    """``model`` wrapped in a rank-4 LoRA adapter whose B matrices are random (peft starts them at zero), so the
+    adapter changes the outputs; in eval mode."""
+    from hrpo.models import add_lora
+
+    model = add_lora(model, 4, 8)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    return model.eval()
+
+
+def assert_same_rollout(a, b, atol: float = 1e-4) -> None:
+    """Two rollouts with the same tokens and masks, and log-probs, gate means and latents within ``atol``."""
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    assert torch.equal(a.completion_mask, b.completion_mask)
+    assert torch.equal(a.thinking_mask, b.thinking_mask)
+    torch.testing.assert_close(a.logprobs, b.logprobs, atol=atol, rtol=0)
+    torch.testing.assert_close(a.gate_mean, b.gate_mean, atol=atol, rtol=0)
+    if a.latents is None:
+        assert b.latents is None
+    else:
+        torch.testing.assert_close(a.latents, b.latents, atol=atol, rtol=0)

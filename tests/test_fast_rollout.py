@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import build_tiny_model, tiny_config
+from conftest import assert_same_rollout, build_tiny_model, tiny_config, with_random_lora
 from hrpo import HybridGate, SamplingConfig, generate
 from hrpo.fast_rollout import fuse, generate_fast, linear_parts, project, resolve_engine, unsupported_reason
 from hrpo.models import add_lora
@@ -36,12 +36,7 @@ def _qwen3(vocab):
 def lora_model(request, tokenizer):
     """A tiny model of each supported family with a LoRA adapter whose deltas are non-zero."""
     model = _qwen3(len(tokenizer)) if request.param == "qwen3" else build_tiny_model(request.param, len(tokenizer))
-    model = add_lora(model, 4, 8)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(len(name)))
-    return model.eval()
+    return with_random_lora(model)
 
 
 def _gate():
@@ -59,38 +54,26 @@ def _run(model, tokenizer, mode, sampling, eos, engine, **kw):
                row_seeds=torch.arange(6) * 7 + 3, group_size=2, mode=mode, **extra)
 
 
-def _assert_same(a, b, atol=1e-4):
-    assert torch.equal(a.completion_ids, b.completion_ids)
-    assert torch.equal(a.completion_mask, b.completion_mask)
-    assert torch.equal(a.thinking_mask, b.thinking_mask)
-    torch.testing.assert_close(a.logprobs, b.logprobs, atol=atol, rtol=0)
-    torch.testing.assert_close(a.gate_mean, b.gate_mean, atol=atol, rtol=0)
-    if a.latents is None:
-        assert b.latents is None
-    else:
-        torch.testing.assert_close(a.latents, b.latents, atol=atol, rtol=0)
-
-
 @pytest.mark.parametrize("mode", ["hybrid", "discrete", "latent", "hidden"])
 def test_static_engine_equals_eager(lora_model, tokenizer, mode):
     sampling = SamplingConfig(max_new_tokens=10, temperature=1.0, top_k=50)
     eager = _run(lora_model, tokenizer, mode, sampling, [2], "eager")
     assert eager.thinking_mask.any() or mode == "discrete"
-    _assert_same(eager, _run(lora_model, tokenizer, mode, sampling, [2], "static"))
+    assert_same_rollout(eager, _run(lora_model, tokenizer, mode, sampling, [2], "static"))
     # an "EOS" the model actually samples: rows end at different steps and the rollout is trimmed like eager's
     eos = [int(eager.completion_ids[0, 3]), int(eager.completion_ids[2, 1])]
     eager_eos = _run(lora_model, tokenizer, mode, sampling, eos, "eager")
     assert not eager_eos.completion_mask.all()
     # the CUDA graph's loop checks "all finished" only every few steps, and acts on an earlier check
     for sync_every, check_lag in ((1, 0), (4, 0), (2, 1), (1, 3)):
-        _assert_same(eager_eos, _run(lora_model, tokenizer, mode, sampling, eos, "static", sync_every=sync_every,
+        assert_same_rollout(eager_eos, _run(lora_model, tokenizer, mode, sampling, eos, "static", sync_every=sync_every,
                                      check_lag=check_lag))
 
 
 @pytest.mark.parametrize("sampling", [SamplingConfig(max_new_tokens=8, temperature=0.7, top_k=0, top_p=0.9),
                                       SamplingConfig(max_new_tokens=8, greedy=True)], ids=["dense-top-p", "greedy"])
 def test_static_engine_equals_eager_dense_latents_and_greedy(lora_model, tokenizer, sampling):
-    _assert_same(_run(lora_model, tokenizer, "hybrid", sampling, [2], "eager"),
+    assert_same_rollout(_run(lora_model, tokenizer, "hybrid", sampling, [2], "eager"),
                  _run(lora_model, tokenizer, "hybrid", sampling, [2], "static"))
 
 
@@ -211,7 +194,7 @@ def test_static_engine_applies_a_lora_bias(tokenizer):
                   lora_bias=True)
     assert unsupported_reason(model) is None
     sampling = SamplingConfig(max_new_tokens=8, temperature=1.0, top_k=20)
-    _assert_same(_run(model, tokenizer, "hybrid", sampling, [2], "eager"),
+    assert_same_rollout(_run(model, tokenizer, "hybrid", sampling, [2], "eager"),
                  _run(model, tokenizer, "hybrid", sampling, [2], "static"))
 
 

@@ -17,9 +17,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import hrpo.fast_rollout as fr
-from conftest import build_tiny_model
+from conftest import assert_same_rollout, build_tiny_model, with_random_lora
 from hrpo import HybridGate, SamplingConfig, generate
-from hrpo.models import add_lora
 from hrpo.rollout import marker_matcher
 from hrpo.text import left_pad
 
@@ -92,15 +91,6 @@ def emulated_cuda_graphs(request, monkeypatch):
     fr._GRAPHS.clear()
 
 
-def _lora_model(arch, tokenizer):
-    model = add_lora(build_tiny_model(arch, len(tokenizer)), 4, 8)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(len(name)))
-    return model.eval()
-
-
 def _rollout(model, tokenizer, gate, eos, engine, sampling):
     ids, mask = left_pad([p for p in PROMPTS for _ in range(2)], tokenizer.pad_token_id)
     kw = dict(gate=gate, matcher=marker_matcher(tokenizer, "####"), eos_token_ids=eos,
@@ -110,18 +100,11 @@ def _rollout(model, tokenizer, gate, eos, engine, sampling):
     return fr.generate_fast(model, ids, mask, sampling, engine=engine, **kw)
 
 
-def _assert_same(a, b):
-    for name in ("completion_ids", "completion_mask", "thinking_mask"):
-        assert torch.equal(getattr(a, name), getattr(b, name)), name
-    for name in ("logprobs", "gate_mean", "latents"):
-        torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=1e-4, rtol=0)
-
-
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_emulated_graph_engine_equals_eager_and_follows_weight_updates(arch, tokenizer, emulated_cuda_graphs):
     """Rows end at different steps (a sampled "EOS"); the second call reuses the captured engine after an
     optimizer-like update of LoRA, base weights, a norm and the gate, and must roll out the updated policy."""
-    model = _lora_model(arch, tokenizer)
+    model = with_random_lora(build_tiny_model(arch, len(tokenizer)))
     gate = HybridGate(32, r_min=0.5, r_max=0.6)
     gate.reset_parameters(torch.Generator().manual_seed(1))
     sampling = SamplingConfig(max_new_tokens=12, temperature=1.0, top_k=50)
@@ -130,7 +113,7 @@ def test_emulated_graph_engine_equals_eager_and_follows_weight_updates(arch, tok
     eager = _rollout(model, tokenizer, gate, eos, "eager", sampling)
     assert not eager.completion_mask.all() and eager.thinking_mask.any()
     FakeGraph.replays = 0
-    _assert_same(eager, _rollout(model, tokenizer, gate, eos, "graph", sampling))
+    assert_same_rollout(eager, _rollout(model, tokenizer, gate, eos, "graph", sampling))
     engine = fr._GRAPHS[id(model)]
     assert FakeGraph.replays > 0
     assert engine.compiled == ("layers+sampler+prefill" if fr.OPTIONS.compile_layers else "none")
@@ -144,18 +127,18 @@ def test_emulated_graph_engine_equals_eager_and_follows_weight_updates(arch, tok
         gate.Lambda.sub_(2.0)
     eager = _rollout(model, tokenizer, gate, eos, "eager", sampling)
     assert not torch.equal(eager.completion_ids, first.completion_ids)  # the update changed the policy
-    _assert_same(eager, _rollout(model, tokenizer, gate, eos, "graph", sampling))
+    assert_same_rollout(eager, _rollout(model, tokenizer, gate, eos, "graph", sampling))
     assert fr._GRAPHS[id(model)] is engine  # the same captured graphs, reading the rewritten tensors
 
 
 def test_emulated_graph_engine_samples_the_last_column_when_rows_run_to_the_end(tokenizer, emulated_cuda_graphs):
     """No row ends: the loop runs N - 1 replays and the captured last-column graph samples column N - 1."""
-    model = _lora_model("llama", tokenizer)
+    model = with_random_lora(build_tiny_model("llama", len(tokenizer)))
     gate = HybridGate(32, r_min=0.5, r_max=0.6)
     sampling = SamplingConfig(max_new_tokens=6, temperature=1.0, top_k=50)
     eager = _rollout(model, tokenizer, gate, [-1], "eager", sampling)
     assert eager.completion_mask.all() and eager.completion_ids.shape[1] == 6
-    _assert_same(eager, _rollout(model, tokenizer, gate, [-1], "graph", sampling))
+    assert_same_rollout(eager, _rollout(model, tokenizer, gate, [-1], "graph", sampling))
     FakeGraph.replays = 0
     _rollout(model, tokenizer, gate, [-1], "graph", sampling)
     assert FakeGraph.replays == 6  # 5 decode steps + the last column
