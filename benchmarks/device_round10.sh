@@ -2,7 +2,7 @@
 # The next GPU run (H200, about 8 device minutes; most important first, so a cut-off run still answers):
 # 1. the engine on GPU after this round's changes (equivalence), and the attention kernel writing the step's
 #    key and value itself (error, cache contents, time against the index_copy_ it replaces);
-# 2. whole calls at G = 8 against both HF baselines (the #4 goal: 400 steps/s, last 389.8);
+# 2. whole calls at G = 8 against both HF baselines (the #4 goal: 400 steps/s; 2026-11-26: 407.7);
 # 3. where a call's time goes, with the gate as one GEMM and as two, and the decode loop under the lagged
 #    "all finished?" check, the old draining one (every 16 steps) and none (decode_loop_ms);
 # 4. the gate GEMM alone, and the step's kernels.
