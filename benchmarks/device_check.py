@@ -127,7 +127,9 @@ def equivalence(modes=("hybrid", "discrete", "hidden"), engines=("eager", "graph
 def kernel() -> dict:
     """The split-KV decode attention kernel against fp64 attention and SDPA at the real decode shape (batch 64,
     2 KV heads x 6 query heads, head dim 128, 320 of 384 cache slots, left padding and unwritten slots), and
-    the time of one call of each."""
+    the time of one call of each. The times are of eager calls, so they include the host's launch (on the
+    H200, 2026-11-26: 41-142 us per call for kernels that take 10-15 us in a captured step); the step's real
+    kernel times come from ``profile_step``."""
     from hrpo import decode_attention as da
 
     batch, kv_heads, group, dim, cache_len, n_keys = 64, 2, 6, 128, 384, 320
