@@ -128,7 +128,7 @@ def kernel() -> dict:
     """The split-KV decode attention kernel against fp64 attention and SDPA at the real decode shape (batch 64,
     2 KV heads x 6 query heads, head dim 128, 320 of 384 cache slots, left padding and unwritten slots), and
     the time of one call of each. The times are of eager calls, so they include the host's launch (on the
-    H200, 2026-11-26: 41-142 us per call for kernels that take 10-15 us in a captured step); the step's real
+    H200, 2026-11-26: 89-142 us per call of the kernel pair that takes 14 us in the profiled step); the real
     kernel times come from ``profile_step``."""
     from hrpo import decode_attention as da
 
