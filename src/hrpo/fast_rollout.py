@@ -320,8 +320,9 @@ class ConcatenatedGate:
     bias: torch.Tensor
 
     def __call__(self, token_embeds: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        r_logits, i_logits = F.linear(token_embeds.float(), self.weight, self.bias).chunk(2, dim=-1)
-        return gated_mix(token_embeds, latents, r_logits, i_logits, self.gate.Lambda, self.gate.c)
+        e = token_embeds.float()
+        r_logits, i_logits = F.linear(e, self.weight, self.bias).chunk(2, dim=-1)
+        return gated_mix(e, latents, r_logits, i_logits, self.gate.Lambda, self.gate.c, token_embeds.dtype)
 
 
 def concatenated_gate(gate: HybridGate, into: ConcatenatedGate | None = None) -> ConcatenatedGate:

@@ -55,22 +55,23 @@ class HybridGate(nn.Module):
         Returns ``(mixed, a)``: ``mixed`` (..., H) in ``token_embeds.dtype`` and the decay ``a`` (..., H) in fp32.
         """
         e = token_embeds.float()
-        return gated_mix(token_embeds, latents, self.gate_r(e), self.gate_i(e), self.Lambda, self.c)
+        return gated_mix(e, latents, self.gate_r(e), self.gate_i(e), self.Lambda, self.c, token_embeds.dtype)
 
     def decay_base(self) -> torch.Tensor:
         """u = exp(-c * softplus(-Lambda)), shape (H,): the value of a when r = 1."""
         return torch.exp(-self.c * F.softplus(-self.Lambda))
 
 
-def gated_mix(token_embeds: torch.Tensor, latents: torch.Tensor, r_logits: torch.Tensor, i_logits: torch.Tensor,
-              Lambda: torch.Tensor, c: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mix of :class:`HybridGate` from its two gate pre-activations ``r_logits`` = W_r e + b_r and
-    ``i_logits`` = W_i e + b_i (..., H) fp32; returns ``(mixed, a)`` as :meth:`HybridGate.forward` does."""
-    e, h = token_embeds.float(), latents.float()
+def gated_mix(e: torch.Tensor, latents: torch.Tensor, r_logits: torch.Tensor, i_logits: torch.Tensor,
+              Lambda: torch.Tensor, c: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mix of :class:`HybridGate` for the token embeddings ``e`` (..., H) already in fp32 (the tensor its
+    projections read, so autograd keeps one copy), from its two gate pre-activations ``r_logits`` = W_r e + b_r
+    and ``i_logits`` = W_i e + b_i (..., H) fp32; returns ``(mixed, a)`` as :meth:`HybridGate.forward` does,
+    ``mixed`` rounded once to ``dtype``."""
     r, i = torch.sigmoid(r_logits), torch.sigmoid(i_logits)
     a = torch.exp(-c * F.softplus(-Lambda) * r)
-    mixed = a * e + torch.sqrt(1.0 - a * a + MIX_EPS) * (i * h)
-    return mixed.to(token_embeds.dtype), a
+    mixed = a * e + torch.sqrt(1.0 - a * a + MIX_EPS) * (i * latents.float())
+    return mixed.to(dtype), a
 
 
 def lambda_for_decay(u: torch.Tensor, c: float = 8.0) -> torch.Tensor:
