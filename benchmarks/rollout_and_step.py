@@ -1,6 +1,6 @@
 """Rollout throughput (hybrid vs discrete vs HF generate) and one training step's time split. Prints JSON.
 
-    python benchmarks/rollout_and_step.py [--model embedded] [--batch 8] [--new-tokens 64] [--dtype bfloat16]
+    python benchmarks/rollout_and_step.py [--model embedded] [--batch 8] [--new-tokens 64] [--dtype auto]
         [--engines eager,static]
 
 All decoders run in one process on the same left-padded prompts with the same sampling settings
@@ -21,6 +21,7 @@ from hrpo import tasks
 from hrpo.config import build_config
 from hrpo.gate import HybridGate
 from hrpo.models import load_model, resolve_device
+from hrpo.precision import choose_dtype
 from hrpo.rollout import SamplingConfig, generate, marker_matcher
 from hrpo.text import encode_prompts
 from hrpo.trainer import quiet_libraries, setup, train_step
@@ -103,16 +104,20 @@ def main() -> None:
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                        help="auto: bf16 where this CPU has native bf16, else fp32 (see hrpo.precision)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-step", action="store_true", help="Only the rollout benchmark.")
     parser.add_argument("--engines", default="eager,static", help="Rollout engines to time (comma list).")
     args = parser.parse_args()
     quiet_libraries()
+    precision = choose_dtype(args.dtype, resolve_device(args.device))
+    args.dtype = precision.name  # what the rollout and the training step then load
     report = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
               "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "model": args.model,
-              "dtype": args.dtype, "batch": args.batch, "new_tokens": args.new_tokens,
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+              "dtype": precision.name, "dtype_reason": precision.reason, "batch": args.batch, "new_tokens": args.new_tokens,
               "rollout": rollout_benchmark(args)}
     if not args.skip_step:
         report["train_step"] = step_benchmark(args)

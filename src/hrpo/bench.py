@@ -16,6 +16,7 @@ import torch
 
 from .config import ConfigError
 from .gate import HybridGate
+from .precision import choose_dtype
 from .rollout import MarkerMatcher, Rollout, SamplingConfig, generate
 
 SHAPES = {
@@ -126,7 +127,7 @@ def peak_memory_gb(device: str) -> float:
 
 def bench_rollout(shape: str = "qwen2.5-1.5b", batch: int = 64, prompt_len: int = 256, new_tokens: int = 256,
                   engines: tuple[str, ...] | None = None, baselines: tuple[str, ...] | None = None,
-                  dtype: str = "bfloat16", device: str | None = None, repeats: int = 2, log=None,
+                  dtype: str = "auto", device: str | None = None, repeats: int = 2, log=None,
                   lora_r: int = 0, group: int = 1) -> dict:
     """Time hybrid and discrete rollouts on each engine and HF ``generate`` baselines; returns a JSON-able dict.
 
@@ -146,7 +147,10 @@ def bench_rollout(shape: str = "qwen2.5-1.5b", batch: int = 64, prompt_len: int 
         engines = ("eager", "static", "graph") if on_cuda else ("eager", "static")
     if baselines is None:
         baselines = ("hf_dynamic", "hf_static") if on_cuda else ("hf_dynamic",)
-    model = random_model(shape, getattr(torch, dtype), device, lora_r)
+    precision = choose_dtype(dtype, device)
+    if log:
+        log(f"dtype {precision.name} ({precision.reason})")
+    model = random_model(shape, precision.dtype, device, lora_r)
     vocab, hidden = model.get_input_embeddings().weight.shape
     prompts = torch.randint(10, vocab, (batch // group, prompt_len), generator=torch.Generator().manual_seed(0))
     ids = prompts.repeat_interleave(group, dim=0).to(device)
@@ -187,13 +191,13 @@ def bench_rollout(shape: str = "qwen2.5-1.5b", batch: int = 64, prompt_len: int 
     ratios = {f"{fast}_over_{name}": results[fast]["steps_per_s"] / r["steps_per_s"]
               for name, r in results.items() if name != fast}
     hybrid_cost = {e: results[f"hybrid_{e}"]["seconds"] / results[f"discrete_{e}"]["seconds"] - 1 for e in engines}
-    return {**_header(shape, dtype, device), "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
+    return {**_header(shape, precision, device), "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
             "lora_r": lora_r, "group": group, "results": results, "fast": fast, "ratios": ratios,
             "hybrid_cost_over_discrete": hybrid_cost, "peak_memory_gb": peak_memory_gb(device)}
 
 
 def bench_train(shape: str = "qwen2.5-1.5b", batch: int = 8, prompt_len: int = 1024, new_tokens: int = 1024,
-                dtype: str = "bfloat16", device: str | None = None, gradient_checkpointing: bool = True,
+                dtype: str = "auto", device: str | None = None, gradient_checkpointing: bool = True,
                 lora_r: int = 32) -> dict:
     """Peak memory and time of one HRPO micro-batch: reference pass + LoRA forward/backward over ``batch``
     sequences of ``prompt_len + new_tokens`` tokens, every completion position mixed."""
@@ -202,7 +206,8 @@ def bench_train(shape: str = "qwen2.5-1.5b", batch: int = 8, prompt_len: int = 1
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_bench_args(batch, prompt_len, new_tokens, lora_r=lora_r)
-    model = add_lora(random_model(shape, getattr(torch, dtype), device), lora_r, 2 * lora_r)
+    precision = choose_dtype(dtype, device)
+    model = add_lora(random_model(shape, precision.dtype, device), lora_r, 2 * lora_r)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -228,17 +233,18 @@ def bench_train(shape: str = "qwen2.5-1.5b", batch: int = 8, prompt_len: int = 1
     loss, _ = hrpo_loss(logprobs, ref, torch.randn(batch, device=device), rollout.completion_mask, 0.005)
     loss.backward()
     _sync(device)
-    return {**_header(shape, dtype, device), "sequences": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
+    return {**_header(shape, precision, device), "sequences": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
             "lora_r": lora_r, "gradient_checkpointing": gradient_checkpointing,
             "seconds": time.perf_counter() - t, "peak_memory_gb": peak_memory_gb(device)}
 
 
-def _header(shape: str, dtype: str, device: str) -> dict:
+def _header(shape: str, precision, device: str) -> dict:
     import transformers
 
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
     return {"device": name, "torch": torch.__version__, "transformers": transformers.__version__,
-            "shape": shape, "dtype": dtype}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "shape": shape, "dtype": precision.name,
+            "dtype_reason": precision.reason}
 
 
 def rollout_table(report: dict) -> str:

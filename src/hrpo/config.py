@@ -90,8 +90,9 @@ class TrainConfig:
     report_to: str = _f("none", "Live tracking backend: none, tensorboard, wandb or trackio (metrics.jsonl is "
                                 "always written).", choices=("none", "tensorboard", "wandb", "trackio"))
     # runtime
-    dtype: str = _f("auto", "Model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.",
-                    choices=DTYPES)
+    dtype: str = _f("auto", "Model dtype: auto (bf16 on CUDA and on CPUs with native bf16, else fp32; the run "
+                            "prints the choice and why, and config.yaml keeps it), float32, bfloat16 (float16 "
+                            "only for eval/generate).", choices=DTYPES)
     device: str = _f("auto", "Device: auto, cpu, cuda, cuda:N.")
     rollout_engine: str = _f("auto", "Decode loop for rollouts: auto (for Llama-family models graph on CUDA, "
                                      "static on CPU; else eager), eager (HF forward, dynamic cache), "
@@ -122,7 +123,6 @@ EMBEDDED_PRESET: dict[str, Any] = {
     "group_size": 4,
     "micro_batch_size": 32,
     "temperature": 1.0,
-    "dtype": "bfloat16",
     "max_prompt_length": 512,
     "max_new_tokens": 32,
     "lr": 1e-4,
@@ -206,6 +206,10 @@ def validate(cfg: TrainConfig) -> None:
         bad("mode", f"must be one of {', '.join(MODES)}")
     if cfg.dtype not in DTYPES:
         bad("dtype", f"must be one of {', '.join(DTYPES)}")
+    if cfg.dtype == "float16":
+        bad("dtype", "float16 cannot be trained here: hrpo trains without loss scaling, and fp16's small LoRA "
+                     "gradients then underflow; use bfloat16 or float32 (float16 works for hrpo eval and "
+                     "hrpo generate)")
     if cfg.group_size < 2:
         bad("group_size", "needs at least 2 completions per prompt to normalise advantages")
     for key in ("max_steps", "prompts_per_step", "micro_batch_size", "max_prompt_length", "max_new_tokens",
@@ -295,8 +299,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, **kwargs)
 
 
-def save_yaml(cfg: TrainConfig, path: Path) -> None:
-    """Write the config as YAML atomically (a temporary file renamed into place: never half-written)."""
+def save_yaml(cfg: TrainConfig, path: Path, notes: tuple[str, ...] = ()) -> None:
+    """Write the config as YAML atomically (a temporary file renamed into place: never half-written), after
+    ``notes`` as '# ' comment lines."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.write_text("".join(f"# {note}\n" for note in notes) + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     os.replace(tmp, path)

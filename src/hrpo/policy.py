@@ -10,7 +10,8 @@ import torch
 from .checkpoint import CheckpointError, find_checkpoint
 from .config import TrainConfig, load_yaml
 from .gate import HybridGate, hidden_ratio
-from .models import GATE_FILE, ModelLoadError, eos_token_ids, load_gate, load_model, resolve_device, resolve_dtype
+from .models import GATE_FILE, ModelLoadError, eos_token_ids, load_gate, load_model, resolve_device
+from .precision import choose_dtype
 from .rollout import Rollout, SamplingConfig, generate, marker_matcher
 from .text import encode_text_prompt, left_pad
 
@@ -28,6 +29,7 @@ class Policy:
     device: torch.device
     mode: str = "hybrid"  # hybrid | discrete | latent | hidden
     model_name: str | None = None  # what --model resolved to: a hub id, a directory or "embedded"
+    dtype_reason: str = ""  # why the model runs in its dtype (what --dtype auto chose, and why)
 
 
 def load_policy(model: str | None = None, adapter: str | Path | None = None, mode: str | None = None,
@@ -50,7 +52,8 @@ def load_policy(model: str | None = None, adapter: str | Path | None = None, mod
     run = TrainConfig(**saved)
     mode = mode or run.mode
     dev = resolve_device(device)
-    loaded = load_model(model or run.model, dtype=resolve_dtype(dtype, dev), device=dev,
+    precision = choose_dtype(dtype, dev)
+    loaded = load_model(model or run.model, dtype=precision.dtype, device=dev,
                         trust_remote_code=trust_remote_code)
     net = loaded.model
     if ckpt is not None:
@@ -80,7 +83,7 @@ def load_policy(model: str | None = None, adapter: str | Path | None = None, mod
     return Policy(model=net, tokenizer=loaded.tokenizer, gate=gate, marker=marker or run.marker or "####",
                   temperature=run.temperature, top_k=run.top_k, top_p=run.top_p,
                   eos_ids=eos_token_ids(loaded.model, loaded.tokenizer), device=dev, mode=mode,
-                  model_name=model or run.model)
+                  model_name=model or run.model, dtype_reason=f"dtype {precision.name} ({precision.reason})")
 
 
 def generate_ids(policy: Policy, prompt_ids: list[list[int]], max_new_tokens: int, greedy: bool = False,

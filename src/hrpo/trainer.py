@@ -28,8 +28,9 @@ from .distributed import (Prepared, ProcessInfo, any_process, backward, broadcas
                           launched_rank, local_prompts, local_rows, prepare, process_info, reduce_metrics,
                           wait_for_everyone)
 from .gate import HybridGate, hidden_ratio
-from .models import add_lora, eos_token_ids, load_model, lora_parameters, resolve_device, resolve_dtype
+from .models import add_lora, eos_token_ids, load_model, lora_parameters, resolve_device
 from .plots import write_run_plots
+from .precision import choose_dtype
 from .progress import progress_bar, quiet_libraries
 from .objective import completion_logprobs, group_advantages, hrpo_loss, rollout_inputs_embeds
 from .rollout import Rollout, SamplingConfig, generate, marker_matcher, rollout_row_seeds
@@ -121,10 +122,13 @@ def setup(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Trai
     seed_everything(cfg.seed)
     quiet_libraries()
     device = dist.device if dist.distributed else resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
+    # every process must train in the main process's dtype, whatever its own probe would say
+    precision = broadcast(dist, choose_dtype(cfg.dtype, device) if dist.is_main else None)
+    log(f"dtype {precision.name} ({precision.reason})")
+    cfg.dtype = precision.name  # config.yaml keeps what the run trains in, so a resume keeps it too
     task, examples, eval_task, eval_examples = load_task_data(cfg)
-    log(f"loading model '{cfg.model}' ({dtype}, {device})")
-    loaded = load_model(cfg.model, dtype=dtype, device=device, trust_remote_code=cfg.trust_remote_code)
+    log(f"loading model '{cfg.model}' ({precision.name}, {device})")
+    loaded = load_model(cfg.model, dtype=precision.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
     model = add_lora(loaded.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, seed=cfg.seed)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -154,7 +158,7 @@ def setup(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Trai
     trainer.prepared = prepare(dist, model, gate, optimizer)
     trainer.optimizer = trainer.prepared.optimizer
     if dist.is_main:
-        save_yaml(cfg, run_dir / CONFIG_FILE)
+        save_yaml(cfg, run_dir / CONFIG_FILE, notes=(f"dtype {precision.name}: {precision.reason}",))
     return trainer
 
 
