@@ -216,6 +216,53 @@ def test_first_signal_requests_a_stop_and_the_second_aborts(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
 
 
+_LONG_NATIVE_OP = """
+import sys, torch
+sys.path.insert(0, {src!r})
+from hrpo.faults import GracefulStop
+torch.set_num_threads(1)
+n = 2500
+perm = torch.eye(n)[torch.randperm(n, generator=torch.Generator().manual_seed(0))]  # powers stay exact 0/1
+with GracefulStop({run_dir!r}):
+    print("inside", flush=True)
+    torch.linalg.matrix_power(perm, (1 << 62) - 1)  # one ATen call: about 120 matmuls of 2500^2, most of a minute
+print("the operation returned", flush=True)
+"""
+
+
+def _wait_for(predicate, seconds: float, what: str, proc) -> None:
+    deadline = time.time() + seconds
+    while not predicate():
+        assert proc.poll() is None, f"exited early while waiting for {what}"
+        assert time.time() < deadline, f"no {what} within {seconds} s"
+        time.sleep(0.05)
+
+
+def test_second_signal_stops_a_step_held_inside_one_long_native_op(tmp_path):
+    """A Python handler cannot run inside one C++ call; the first signal is still acknowledged within a second,
+    the second ends the process (exit 130) long before the call would return, and the last checkpoint stays."""
+    ckpt = tmp_path / "run" / "checkpoint-3"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.pt").write_bytes(b"complete")
+    code = _LONG_NATIVE_OP.format(src=str(Path(faults.__file__).parents[1]), run_dir=str(tmp_path / "run"))
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("w") as out_f, err.open("w") as err_f:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=out_f, stderr=err_f)
+    try:
+        _wait_for(lambda: "inside" in out.read_text(), 60, "start", proc)
+        time.sleep(0.5)  # well inside matrix_power now
+        start = time.time()
+        proc.send_signal(signal.SIGINT)
+        _wait_for(lambda: "SIGINT received" in err.read_text(), 5, "acknowledgement of the first SIGINT", proc)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 130
+        assert time.time() - start < 12
+    finally:
+        proc.kill()
+    assert "the operation returned" not in out.read_text()  # it really was stopped inside the call
+    assert "stopped at once by a second SIGINT" in err.read_text() and "checkpoint-3" in err.read_text()
+    assert (ckpt / "trainer_state.pt").read_bytes() == b"complete"
+
 def _spawn_train(model_dir, out):
     """A real `hrpo train` in a child process: a tiny model on the embedded arithmetic task, many steps."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}

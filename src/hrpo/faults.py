@@ -78,14 +78,29 @@ class TrainingInterrupted(TrainingError):
 class GracefulStop:
     """Context manager for the training loop: the first SIGINT/SIGTERM sets ``signum`` (the loop finishes
     the current step, checkpoints and stops); a second one raises :class:`TrainingInterrupted` at once.
-    Handlers are installed only on the main thread and restored on exit."""
+    Handlers are installed only on the main thread and restored on exit.
+
+    A Python signal handler runs only between bytecodes, so during one long native operation (a minutes-long
+    bf16 backward on a CPU without native bf16) it would wait for the operation to end. A watcher thread
+    therefore hears every signal at once through ``signal.set_wakeup_fd``: it acknowledges the first one
+    within ``ACK_SECONDS`` if the handler has not, and on a second one that the handler has not turned into
+    :class:`TrainingInterrupted` within ``ACK_SECONDS``, it ends the process itself (``os._exit(128 +
+    signal)``, as the default action would). Checkpoints are written atomically, so the last complete one
+    stays valid.
+    """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    ACK_SECONDS = 0.5
 
     def __init__(self, run_dir: Path | None = None) -> None:
         self.run_dir = run_dir
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
+        self._previous_wakeup_fd: int | None = None
+        self._pipe: tuple[int, int] | None = None
+        self._settled = threading.Event()  # the context exited, or the handler raised
+        self._announced = threading.Lock()
+        self._announce_done = False
 
     @property
     def requested(self) -> bool:
@@ -97,25 +112,64 @@ class GracefulStop:
             self.signum = signal.SIGTERM  # another process was signalled
         return self.requested
 
-    def _handle(self, signum: int, frame) -> None:
-        if self.signum is not None:
-            from .checkpoint import newest_checkpoint
+    def _stopped_at_once(self, signum: int) -> TrainingInterrupted:
+        from .checkpoint import newest_checkpoint
 
-            last = newest_checkpoint(self.run_dir) if self.run_dir is not None else None
-            raise TrainingInterrupted(signum, self.run_dir, last, aborted=True)
-        self.signum = signum
+        last = newest_checkpoint(self.run_dir) if self.run_dir is not None else None
+        return TrainingInterrupted(signum, self.run_dir, last, aborted=True)
+
+    def _announce(self, signum: int) -> None:
+        """Say once that the first signal was taken (from the handler or the watcher, whichever is first)."""
+        with self._announced:
+            if self._announce_done:
+                return
+            self._announce_done = True
         name = signal.Signals(signum).name
         # os.write: no locks, safe inside a signal handler even while the progress bar holds its console
         os.write(2, f"\n{name} received: finishing this step, then writing a checkpoint "
                     f"(send it again to stop at once without one)\n".encode())
 
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            self._settled.set()
+            raise self._stopped_at_once(signum)
+        self.signum = signum
+        self._announce(signum)
+
+    def _watch(self, read_fd: int) -> None:
+        """Watcher thread: one byte per signal delivered, written by the C-level handler."""
+        count = 0
+        with open(read_fd, "rb", buffering=0) as pipe:  # closes the read end when the watcher ends
+            while data := pipe.read(64):  # b'' once __exit__ closed the write end
+                for signum in data:
+                    if signum not in self.SIGNALS:
+                        continue
+                    count += 1
+                    if self._settled.wait(self.ACK_SECONDS):
+                        return
+                    if count == 1:
+                        self._announce(signum)  # the main thread is inside a native operation
+                    else:  # the handler could not run: stop the process the way the default action would
+                        os.write(2, f"\n{self._stopped_at_once(signum)}\n".encode())
+                        os._exit(128 + signum)
+
     def __enter__(self) -> GracefulStop:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            read_fd, write_fd = os.pipe()
+            os.set_blocking(write_fd, False)  # set_wakeup_fd requires it; the C handler never blocks
+            self._pipe = (read_fd, write_fd)
+            self._previous_wakeup_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+            threading.Thread(target=self._watch, args=(read_fd,), name="hrpo-signal-watcher", daemon=True).start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self._settled.set()
+        if self._pipe is not None:
+            signal.set_wakeup_fd(self._previous_wakeup_fd if self._previous_wakeup_fd is not None else -1)
+            os.close(self._pipe[1])  # the watcher reads EOF and ends; it closes nothing itself
+            self._pipe = None
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
@@ -238,6 +292,10 @@ def _reward_worker(fn, completions, examples, start, conn, parent: int) -> None:
     # parent decides (it finishes the step, then stops this worker with SIGKILL).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:  # the parent's GracefulStop pipe is inherited: this process's signals are not the trainer's
+        signal.set_wakeup_fd(-1)
+    except ValueError:  # only the main thread may change it; then a stray byte is all it can cost
+        pass
     _die_with_parent(parent)
     for i in range(start, len(completions)):
         conn.send((i, *_one_reward(fn, completions[i], examples[i])))
