@@ -10,7 +10,7 @@ from conftest import ARCHS
 from hrpo import HybridGate, MarkerMatcher, SamplingConfig, generate
 from hrpo.models import load_model
 from hrpo.objective import completion_logprobs, rollout_inputs_embeds
-from hrpo.rollout import marker_matcher
+from hrpo.rollout import marker_matcher, rollout_row_seeds, row_uniforms
 from hrpo.text import left_pad
 
 EOS = 2
@@ -282,3 +282,38 @@ def test_right_padded_prompts_are_refused_with_the_row(engine, tiny_model_dirs, 
         generate(model, right_ids, right_mask, sampling, **kw)
     with pytest.raises(ValueError, match="at least one token"):
         generate(model, ids[:, :0], mask[:, :0], sampling, **kw)
+
+
+# ------------------------------------------------------------------------------------------- sampling streams
+
+def _streams(seeds: torch.Tensor, decode_steps: int = 4) -> torch.Tensor:
+    """(N, decode_steps) the uniforms each row seed draws at decode steps 0, 1, ..."""
+    return torch.stack([row_uniforms(seeds, t) for t in range(decode_steps)], dim=1)
+
+
+def test_training_row_streams_do_not_repeat_across_steps():
+    """With seeds folded to 31 bits, step 0 row r and step 1024 row 15 - r drew the same uniforms at every
+    decode step (seed 42); no two (step, row) of 4,096 steps x 64 rows may share a seed or a stream now."""
+    seeds = torch.cat([rollout_row_seeds(42, step, range(64)) for step in range(4096)])
+    assert seeds.unique().numel() == seeds.numel() and bool((seeds >= 0).all())
+    streams = _streams(seeds)
+    assert streams.unique(dim=0).shape[0] == streams.shape[0]
+    first, later = rollout_row_seeds(42, 0, range(16)), rollout_row_seeds(42, 1024, range(15, -1, -1))
+    assert not torch.equal(_streams(first), _streams(later))
+
+
+def test_every_bit_of_seed_and_step_counts():
+    """Seeds that differ only above bit 31 (the old fold dropped them) give different rows and streams."""
+    for a, b in [(42, 42 + (1 << 31)), (42, 42 + (1 << 40)), (7, 7 + (1 << 63))]:
+        assert not torch.equal(rollout_row_seeds(a, 3, range(8)), rollout_row_seeds(b, 3, range(8)))
+    assert not torch.equal(rollout_row_seeds(42, 5, range(8)), rollout_row_seeds(42, 5 + (1 << 31), range(8)))
+    raw = torch.tensor([5, 5 + (1 << 31), 5 + (1 << 62), 5 - (1 << 63)])  # distinct int64 row seeds
+    assert _streams(raw, 8).unique(dim=0).shape[0] == 4
+
+
+def test_row_seeds_depend_on_the_row_only_not_on_the_batch():
+    """A row's seed (and so its tokens) is the same whether it is computed alone, in a batch or in a slice."""
+    whole = rollout_row_seeds(3, 17, range(32))
+    assert torch.equal(whole[10:20], rollout_row_seeds(3, 17, range(10, 20)))
+    assert torch.equal(whole[[5, 2]], rollout_row_seeds(3, 17, torch.tensor([5, 2])))
+    assert torch.equal(_streams(whole)[10:20], _streams(whole[10:20]))

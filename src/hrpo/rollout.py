@@ -162,6 +162,7 @@ def marker_matcher(tokenizer, marker: str, vocab_size: int | None = None) -> Mar
 
 
 _MASK31 = (1 << 31) - 1
+_MASK64 = (1 << 64) - 1
 
 
 def _mix31(h: torch.Tensor) -> torch.Tensor:
@@ -177,18 +178,33 @@ def row_uniforms(row_seeds: torch.Tensor, step: int | torch.Tensor) -> torch.Ten
     """(B,) int64 row seeds and a decode step -> (B,) fp32 uniforms in [0, 1) with 24 random bits.
 
     A pure function of (seed, step): a row samples the same tokens whichever batch, process or engine it is in,
-    and no generator state is involved (so the step can be captured in a CUDA graph).
+    and no generator state is involved (so the step can be captured in a CUDA graph). All 64 bits of the seed
+    count: they are hashed into two 31-bit lanes, so two seeds share a stream only if both lanes collide (about
+    2^-62 for two random seeds), and every product stays below 2^62 (int64 arithmetic never overflows).
     """
-    folded = (row_seeds ^ (row_seeds >> 31) ^ (row_seeds >> 62)) & _MASK31
-    h = _mix31(_mix31(folded) ^ ((step * 0x01000193 + 0x6B43A9B5) & _MASK31))
+    low, high, top = row_seeds & _MASK31, (row_seeds >> 31) & _MASK31, (row_seeds >> 62) & 3
+    lane_a = _mix31(_mix31(high ^ 0x5BD1E995) ^ low)
+    lane_b = _mix31(_mix31(low ^ 0x1B873593) ^ high ^ (top << 29))
+    h = _mix31(_mix31(lane_a ^ ((step * 0x01000193 + 0x6B43A9B5) & _MASK31)) ^ lane_b)
     return (h >> 7).float() * (1.0 / (1 << 24))
 
 
+def _splitmix64(x: int) -> int:
+    """One round of the SplitMix64 finaliser on a Python int (exact 64-bit arithmetic)."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
 def rollout_row_seeds(seed: int, step: int, rows: torch.Tensor | range, device=None) -> torch.Tensor:
-    """Seeds (len(rows),) int64 for the completion rows ``rows`` (global indices) of training step ``step``."""
-    rows = torch.as_tensor(list(rows) if isinstance(rows, range) else rows, dtype=torch.long, device=device)
-    base = ((seed & _MASK31) * 1_000_003 + (step & _MASK31)) & ((1 << 40) - 1)
-    return base * (1 << 21) + rows
+    """Seeds (len(rows),) int64 in [0, 2^63) for the completion rows ``rows`` (global indices) of training step
+    ``step``: a 64-bit hash of (seed, step, row), all three in full (no folding), so two rows share a seed only
+    by chance, about 2^-63 per pair."""
+    rows = torch.as_tensor(list(rows) if isinstance(rows, range) else rows, dtype=torch.long)
+    base = _splitmix64(_splitmix64(seed & _MASK64) ^ (step & _MASK64))
+    seeds = [_splitmix64(base ^ (row & _MASK64)) >> 1 for row in rows.tolist()]
+    return torch.tensor(seeds, dtype=torch.long, device=device)
 
 
 def seeds_from_generator(batch: int, generator: torch.Generator | None, device=None) -> torch.Tensor:
