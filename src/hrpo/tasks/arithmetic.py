@@ -26,7 +26,10 @@ THINK_SHOTS = (
     ("What is 14 + 23?", "<think>14 + 23 = 37</think> 37"),
     ("What is 52 - 18?", "<think>52 - 18 = 34</think> 34"),
 )
-TEST_SEED = 1_000_003  # seed of the generated 'test' split (train examples use the run's seed)
+# Every problem (an unordered operand pair and an operation) belongs to exactly one split, decided by this
+# fixed seed and never by the run's: test problems are never trained on, whatever the seed or the size.
+SPLIT_SEED = 1_000_003
+TEST_FRACTION = 0.25  # of the distinct problems (operands 1-50: 2,550 problems, 638 of them test)
 
 
 class ArithmeticTask(Task):
@@ -47,21 +50,33 @@ class ArithmeticTask(Task):
                          require_single_marker=require_single_marker)
         self.lo, self.hi = lo, hi
 
+    def problems(self, split: str) -> list[tuple[str, int, int]]:
+        """The distinct problems ``(op, a, b)`` (a >= b; op '+' or '-') of ``split`` ('test' or 'train'), in a
+        fixed order: the problems with operands in [lo, hi], shuffled by SPLIT_SEED, the first TEST_FRACTION of
+        them 'test' and the rest 'train'. ``a + b`` and ``b + a`` are one problem."""
+        every = [(op, a, b) for op in "+-" for a in range(self.lo, self.hi + 1) for b in range(self.lo, a + 1)]
+        if len(every) < 2:
+            raise ValueError(f"operands {self.lo}-{self.hi} give {len(every)} problem(s): too few for two splits")
+        random.Random(SPLIT_SEED).shuffle(every)
+        n_test = max(1, round(TEST_FRACTION * len(every)))
+        return every[:n_test] if split == "test" else every[n_test:]
+
     def examples(self, n: int, seed: int = 0) -> list[dict]:
-        """``n`` examples ``{"question": str, "answer": str}``, deterministic in ``seed`` (from the data file,
-        shuffled, when the task has a ``data_path``)."""
+        """``n`` training examples ``{"question": str, "answer": str}``, drawn with replacement from the 'train'
+        problems, deterministic in ``seed`` (from the data file, shuffled, when the task has a ``data_path``)."""
         if self.data_path:
             return super().examples(n, seed)
         rng = random.Random(seed)
-        rows = []
-        for _ in range(n):
-            a, b = rng.randint(self.lo, self.hi), rng.randint(self.lo, self.hi)
-            if rng.random() < 0.5:
-                rows.append({"question": f"What is {a} + {b}?", "answer": str(a + b)})
-            else:
-                a, b = max(a, b), min(a, b)
-                rows.append({"question": f"What is {a} - {b}?", "answer": str(a - b)})
-        return rows
+        pool = self.problems("train")
+        return [self._example(*rng.choice(pool), swap=rng.random() < 0.5) for _ in range(n)]
+
+    @staticmethod
+    def _example(op: str, a: int, b: int, swap: bool = False) -> dict:
+        """The row for problem (op, a, b), a >= b; ``swap`` writes an addition as ``b + a``."""
+        if op == "+":
+            x, y = (b, a) if swap else (a, b)
+            return {"question": f"What is {x} + {y}?", "answer": str(a + b)}
+        return {"question": f"What is {a} - {b}?", "answer": str(a - b)}
 
     def messages(self, example: dict) -> list[dict]:
         """Chat messages: system prompt, two worked examples, then the question."""
@@ -78,11 +93,15 @@ class ArithmeticTask(Task):
 
     # ------------------------------------------------------------------ the common task interface
     def load(self, split: str = "test", data_path: str | None = None, limit: int | None = None) -> list[dict]:
-        """Rows of a data file when one is given, else ``limit`` (default 500) generated examples; the
-        'test' split uses its own fixed seed."""
+        """Rows of a data file when one is given; else for 'test' the first ``limit`` (default 500) distinct
+        test problems, and for any other split ``limit`` (default 500) examples drawn from the train problems
+        (seed 0). The two never share a problem."""
         if data_path or self.data_path:
             return super().load(split, data_path, limit)
-        return self.examples(limit or 500, seed=TEST_SEED if split == "test" else 0)
+        if split != "test":
+            return self.examples(limit or 500, seed=0)
+        rng = random.Random(SPLIT_SEED + 1)  # which way round each test addition is written
+        return [self._example(*problem, swap=rng.random() < 0.5) for problem in self.problems("test")[:limit or 500]]
 
     def convert(self, row: dict) -> dict:
         question = require(row, "question", str)
