@@ -121,7 +121,8 @@ def _runtime_arguments(p) -> None:
     """--seed, --dtype, --device and --trust-remote-code, shared by generate and eval."""
     p.add_argument("--seed", type=int, default=0, help="Sampling seed.")
     p.add_argument("--dtype", default="auto", choices=DTYPES,
-                   help="Model dtype (default: auto = bf16 on GPU, fp32 on CPU).")
+                   help="Model dtype (default: auto = bf16 on CUDA and on CPUs with native bf16, else fp32; "
+                        "the choice and why are printed).")
     p.add_argument("--device", default="auto",
                    help="cpu, cuda or cuda:N (default: auto = cuda if available, else cpu).")
     p.add_argument("--trust-remote-code", action="store_true",
@@ -185,12 +186,19 @@ def _eval_parser(sub) -> None:
 def _plot_parser(sub) -> None:
     p = sub.add_parser("plot", help="Plot training curves of one or more runs as PNGs.",
                        description="One PNG per metric (reward, eval accuracy, hidden_ratio, completion length, kl, "
-                                   "grad_norm), one line per run: raw faint, smoothed solid.")
+                                   "grad_norm). Runs sharing a label (their mode, or --group-by KEY) get one "
+                                   "colour: the group's mean solid, a band and the single runs faint; a run "
+                                   "alone is one line, raw faint and smoothed solid.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="Run directories (each with metrics.jsonl).")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="Output directory (default: RUN_DIR/plots for one run, else ./plots).")
     p.add_argument("--smoothing", type=float, default=None, metavar="X",
                    help="EMA weight in [0, 1) or a whole moving-average window >= 1 (default: 0.8; 0 = raw).")
+    p.add_argument("--group-by", default=None, metavar="KEY",
+                   help="A config.yaml key whose runs form a group, e.g. seed or lr (default: mode; 'none': one "
+                        "line per run).")
+    p.add_argument("--band", choices=("minmax", "std"), default="minmax",
+                   help="Group band: min-max over the runs, or mean +- 1 sample std (default: minmax).")
 
 
 def _compare_parser(sub) -> None:
@@ -231,7 +239,8 @@ def _bench_parser(sub) -> None:
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="train: keep all activations.")
     p.add_argument("--repeats", type=_positive_int, default=2,
                    help="Timed calls after the first, >= 1 (best is reported; default: %(default)s).")
-    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    p.add_argument("--dtype", default="auto", choices=DTYPES,
+                   help="Model dtype (default: auto = bf16 on CUDA and on CPUs with native bf16, else fp32).")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu).")
     p.add_argument("--json", action="store_true", help="Print one JSON object instead of a table.")
 
@@ -272,6 +281,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     policy = load_policy(args.model, args.adapter, args.mode, dtype=args.dtype, device=args.device,
                          trust_remote_code=args.trust_remote_code)
+    print(policy.dtype_reason, file=sys.stderr, flush=True)
     result = generate_text(policy, args.prompt, args.max_new_tokens, greedy=args.greedy,
                            temperature=args.temperature, seed=args.seed,
                            show_latents=args.show_latents or bool(args.latents_json))
@@ -328,6 +338,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     policy = load_policy(args.model, args.adapter, args.mode, dtype=args.dtype, device=args.device,
                          trust_remote_code=args.trust_remote_code)
+    print(policy.dtype_reason, file=sys.stderr, flush=True)
     prompt_format = args.prompt_format or ("think" if policy.marker == "</think>" else "hash")
     out_dir = Path(args.output_dir or args.adapter or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
     rows = []
@@ -356,7 +367,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     runs = [Path(d) for d in args.run_dirs]
     out = Path(args.out) if args.out else (runs[0] / PLOTS_DIR if len(runs) == 1 else Path(PLOTS_DIR))
     smoothing = DEFAULT_SMOOTHING if args.smoothing is None else args.smoothing
-    written = plot_runs(runs, out, smoothing=smoothing)
+    written = plot_runs(runs, out, smoothing=smoothing, group_by=args.group_by, band=args.band)
     if not written:
         raise ConfigError(f"nothing to plot: no run in {', '.join(map(str, runs))} has a metric row with "
                           f"reward, eval accuracy, hidden_ratio, completion length, kl or grad_norm")
