@@ -29,7 +29,8 @@ Fields per task (the hub datasets' own names):
                   question, choices (list) + answer (int or letter) [+ subject],
                   or ARC's choices {text, label} + answerKey
   nq, triviaqa, hotpotqa, 2wiki, bamboogle
-                  question, golden_answers (list), contexts (list of '"Title"\\ntext' passages; first 3 used)
+                  question, golden_answers (list), contexts (list of '"Title"\\ntext' passages; first 3 used;
+                  optional: without it the prompt has no passages)
   arithmetic      question, answer (generated when --data is not given)
 One --data for all tasks, or one per --task in the same order.
 """

@@ -6,9 +6,11 @@ Row schema (Search-R1 / FlashRAG layout, jsonl or parquet; one row per question)
                   reward_model.ground_truth.target)
   contexts: list of passages, each a string '"Title"\\ntext' (the Wikipedia-2018 passage layout), or an object
             {"contents": '"Title"\\ntext'} (FlashRAG retrieval results) or {"title": ..., "text": ...};
-            [] for closed-book. The first 3 go into the prompt, as in the reference.
+            [] or absent (FlashRAG's own dataset files have no passages) for closed-book. The first 3 go into
+            the prompt, as in the reference.
   optional id
-Scored by SQuAD-normalised exact match against any gold answer; token F1 is reported as an extra metric.
+Scored by SQuAD-normalised exact match against any gold answer; token F1 is reported as an extra metric (0 when
+a yes/no answer differs from a yes/no gold, as HotpotQA's official F1).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def _golden_answers(row: dict) -> list[str]:
 
 class QATask(Task):
     fields = ("question (str), golden_answers (list[str]), contexts (list of '\"Title\"\\ntext' strings or "
-              "{contents} / {title, text} objects; [] for closed-book); optional id")
+              "{contents} / {title, text} objects; [] or absent for closed-book); optional id")
 
     def __init__(self, prompt_format: str = "hash", data_path: str | None = None,
                  require_single_marker: bool = True, top_k: int = TOP_K):
@@ -60,8 +62,10 @@ class QATask(Task):
     def convert(self, row: dict) -> dict:
         question = require(row, "question", str)
         golds = _golden_answers(row)
-        contexts = require(row, "contexts", (list, tuple), "a list of passages")
-        passages = [format_passage(p, i) for i, p in enumerate(contexts)]
+        contexts = row.get("contexts")
+        if contexts is not None:
+            contexts = require(row, "contexts", (list, tuple), "a list of passages")
+        passages = [format_passage(p, i) for i, p in enumerate(contexts or [])]
         example = {"question": question.strip(), "gold": golds, "contexts": passages[:self.top_k]}
         if row.get("id") is not None:
             example["id"] = str(row["id"])
