@@ -2,15 +2,17 @@
 
 Row schemas (the hub datasets' own field names):
   gsm8k   question: str, answer: str ending in '#### N' (or just the number N)
-  math    problem: str, solution: str with a \\boxed{} answer; optional answer: str (used instead of the
-          boxed solution when present), level: str, type: str (the subject)
+  math    problem: str, solution: str with a \\boxed{} answer (several boxes in one answer are a set of
+          answers); optional answer: str (used instead of the boxed solution when present), level: str,
+          type: str (the subject)
   math500 problem: str, answer: str; optional solution, subject, level, unique_id
 """
 
 from __future__ import annotations
 
 from ..data import FieldError, require
-from ..rewards import final_number, format_number, last_boxed, math_answer_text, math_equal, unmarked_number
+from ..rewards import (boxed_answer, final_number, format_number, math_answer_text, math_equal, math_unmarked_text,
+                       unmarked_number)
 from .base import Task
 
 MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
@@ -70,7 +72,7 @@ class MathTask(Task):
             gold = str(require(row, "answer", (str, int, float), "str"))
         else:
             solution = require(row, "solution", str, "str with a \\boxed{} answer")
-            gold = last_boxed(solution)
+            gold = boxed_answer(solution)
             if gold is None:
                 raise FieldError("solution", "has no \\boxed{} answer (and the row has no 'answer' field)")
         if not gold.strip():
@@ -89,6 +91,9 @@ class MathTask(Task):
 
     def parse_answer(self, text: str, example: dict | None = None) -> str | None:
         return math_answer_text(text)
+
+    def parse_unmarked(self, completion: str, example: dict | None = None) -> str | None:
+        return math_unmarked_text(completion)
 
     def is_correct(self, answer: str, example: dict) -> bool:
         return math_equal(answer, example["gold"], timeout=self.verify_timeout)
