@@ -107,6 +107,29 @@ def test_qa_prompt_uses_first_three_passages():
     assert scored["correct"] and scored["f1"] == 1.0
 
 
+def test_qa_row_without_contexts_is_closed_book(tmp_path):
+    rows = [{"id": "q1", "question": "Which river flows through Cairo?", "golden_answers": ["Nile", "River Nile"]},
+            {"question": "Who painted Guernica?", "golden_answers": ["Picasso"], "contexts": None}]
+    path = _write(tmp_path, "flashrag.jsonl", [json.dumps(r) for r in rows])
+    task = tasks.get("nq")
+    first, second = task.load("test", data_path=path)
+    assert first["contexts"] == [] and second["contexts"] == []
+    assert task.messages(first)[1]["content"] == "Question: Which river flows through Cairo?"
+    assert task.reward("#### the Nile", first) == 1.0 and task.reward("#### Amazon", first) == 0.0
+    bad = _write(tmp_path, "bad.jsonl", [json.dumps({**rows[0], "contexts": "not a list"})])
+    with pytest.raises(DataError, match="field 'contexts'"):
+        task.load("test", data_path=bad)
+
+
+def test_math_gold_with_several_boxes_is_a_set(tmp_path):
+    row = {"problem": "Solve x^2 - 2x - 3 = 0.", "solution": "It factors: $x = \\boxed{3}$ or $x = \\boxed{-1}$."}
+    path = _write(tmp_path, "m.jsonl", [json.dumps(row)])
+    task = tasks.get("math")
+    (example,) = task.load("test", data_path=path)
+    assert task.reward("#### $-1, 3$", example) == 1.0
+    assert task.reward("#### $\\boxed{3}$", example) == 0.0
+
+
 def test_math_gold_from_boxed_solution_and_subjects():
     examples = tasks.get("math").load("test", data_path=FIXTURES / "math.jsonl")
     assert [ex["gold"] for ex in examples] == ["\\frac{3}{4}", "4", "2\\sqrt{3}", "(-2, 2)"]
