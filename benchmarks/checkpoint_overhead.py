@@ -7,8 +7,8 @@ projection, the gate, AdamW), fills the optimizer's moment buffers with one upda
 training), then times ``save_checkpoint`` ``--repeats`` times into a temporary run directory (retention 2, as in
 training, so deleting the oldest checkpoint is included), with the files flushed to disk (fsync, the default)
 and without (to show what the flush costs). The per-step overhead is the mean save time divided by
-``save_every``; ``--step-seconds`` (default: the README's measured 12.4 s per embedded step on 2 CPU cores)
-turns it into a percentage.
+``save_every``; ``--step-seconds`` (the time of one training step; the README passes the one it measured) turns
+it into a percentage.
 """
 
 from __future__ import annotations

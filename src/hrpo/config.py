@@ -114,9 +114,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# The quick-start preset for `hrpo train` on the embedded model: sized for ~13 minutes on 2 CPU cores and
-# tuned so that learning is visible in 60 steps (the paper's lr 5e-6 moves a 135M model too little that fast;
-# at temperature 0.5 most groups of this model agree, so advantages vanish). README explains the choices.
+# The quick-start preset for `hrpo train` on the embedded model: sized for minutes on 2 CPU cores (the README
+# gives measured times) and tuned so that learning is visible in 60 steps (the paper's lr 5e-6 moves a 135M
+# model too little that fast; at temperature 0.5 most groups of this model agree, so advantages vanish).
 EMBEDDED_PRESET: dict[str, Any] = {
     "max_steps": 60,
     "prompts_per_step": 8,
