@@ -42,3 +42,16 @@ def test_bench_group_must_divide_the_batch(tiny_model_dirs, capsys):
     argv = ["bench", "rollout", "--shape", str(tiny_model_dirs["llama"]), "--batch", "4", "--group", "3"]
     assert main(argv) == 2
     assert "--group 3 must be >= 1 and divide --batch 4" in capsys.readouterr().err
+
+
+def test_bench_sizes_default_by_device_and_flags_win():
+    from argparse import Namespace
+
+    from hrpo.cli import _bench_sizes
+
+    def sizes(what, device, **given):
+        return _bench_sizes(Namespace(what=what, device=device, batch=given.get("batch"),
+                                      prompt_len=given.get("prompt_len"), new_tokens=given.get("new_tokens")))
+    assert sizes("rollout", "cuda:1") == (64, 256, 256) and sizes("train", "cuda") == (8, 1024, 1024)
+    assert sizes("rollout", "cpu") == (8, 64, 64) and sizes("train", "cpu") == (2, 128, 128)
+    assert sizes("rollout", "cpu", batch=16, new_tokens=32) == (16, 64, 32)

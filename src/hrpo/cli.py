@@ -221,11 +221,12 @@ def _bench_parser(sub) -> None:
     p.add_argument("--shape", default="qwen2.5-1.5b",
                    help="qwen2.5-1.5b, qwen2.5-3b, embedded, or a directory with a config.json (default: %(default)s).")
     p.add_argument("--batch", type=_positive_int, default=None,
-                   help="Rows (rollout, default 64) or sequences per micro-batch (train, default 8).")
+                   help="Rows (rollout; default 64 on CUDA, 8 on CPU) or sequences per micro-batch (train; "
+                        "default 8 on CUDA, 2 on CPU).")
     p.add_argument("--prompt-len", type=_positive_int, default=None,
-                   help="Prompt tokens (default: 256 rollout, 1024 train).")
+                   help="Prompt tokens (default: rollout 256 on CUDA, 64 on CPU; train 1024 on CUDA, 128 on CPU).")
     p.add_argument("--new-tokens", type=_positive_int, default=None,
-                   help="New tokens (default: 256 rollout, 1024 train).")
+                   help="New tokens (default: rollout 256 on CUDA, 64 on CPU; train 1024 on CUDA, 128 on CPU).")
     p.add_argument("--engines", default=None,
                    help="Comma list of rollout engines: eager, static, graph (CUDA only), auto "
                         "(default: eager,static[,graph]).")
@@ -391,19 +392,34 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# (batch, prompt tokens, new tokens) when not given: GPU-sized on CUDA, a few minutes' work on 2 CPU cores
+_BENCH_SIZES = {("rollout", True): (64, 256, 256), ("rollout", False): (8, 64, 64),
+                ("train", True): (8, 1024, 1024), ("train", False): (2, 128, 128)}
+
+
+def _bench_sizes(args: argparse.Namespace) -> tuple[int, int, int]:
+    """--batch, --prompt-len and --new-tokens, each defaulting by the subcommand and the device."""
+    import torch
+
+    on_cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    default = _BENCH_SIZES[args.what, on_cuda]
+    return args.batch or default[0], args.prompt_len or default[1], args.new_tokens or default[2]
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_rollout, bench_train, rollout_table
 
     _check_device(args.device)  # bench_rollout / bench_train check the rest before building a model
     log = None if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
+    batch, prompt_len, new_tokens = _bench_sizes(args)
     if args.what == "rollout":
-        report = bench_rollout(args.shape, args.batch or 64, args.prompt_len or 256, args.new_tokens or 256,
+        report = bench_rollout(args.shape, batch, prompt_len, new_tokens,
                                engines=_split(args.engines), baselines=_split(args.baselines), dtype=args.dtype,
                                device=args.device, repeats=args.repeats, log=log, lora_r=args.lora_r,
                                group=args.group)
         print(json.dumps(report, indent=2) if args.json else rollout_table(report))
     else:
-        report = bench_train(args.shape, args.batch or 8, args.prompt_len or 1024, args.new_tokens or 1024,
+        report = bench_train(args.shape, batch, prompt_len, new_tokens,
                              dtype=args.dtype, device=args.device,
                              gradient_checkpointing=not args.no_gradient_checkpointing)
         print(json.dumps(report, indent=2) if args.json else
