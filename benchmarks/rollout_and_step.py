@@ -117,7 +117,8 @@ def main() -> None:
     report = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
               "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "model": args.model,
               "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-              "dtype": precision.name, "dtype_reason": precision.reason, "batch": args.batch, "new_tokens": args.new_tokens,
+              "dtype": precision.name, "dtype_reason": precision.reason, "batch": args.batch,
+              "new_tokens": args.new_tokens,
               "rollout": rollout_benchmark(args)}
     if not args.skip_step:
         report["train_step"] = step_benchmark(args)

@@ -16,7 +16,7 @@ import torch
 
 from .config import ConfigError
 from .gate import HybridGate
-from .precision import choose_dtype
+from .precision import DtypeChoice, choose_dtype
 from .rollout import MarkerMatcher, Rollout, SamplingConfig, generate
 
 SHAPES = {
@@ -238,7 +238,7 @@ def bench_train(shape: str = "qwen2.5-1.5b", batch: int = 8, prompt_len: int = 1
             "seconds": time.perf_counter() - t, "peak_memory_gb": peak_memory_gb(device)}
 
 
-def _header(shape: str, precision, device: str) -> dict:
+def _header(shape: str, precision: DtypeChoice, device: str) -> dict:
     import transformers
 
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"

@@ -93,15 +93,16 @@ class ArithmeticTask(Task):
 
     # ------------------------------------------------------------------ the common task interface
     def load(self, split: str = "test", data_path: str | None = None, limit: int | None = None) -> list[dict]:
-        """Rows of a data file when one is given; else for 'test' the first ``limit`` (default 500) distinct
-        test problems, and for any other split ``limit`` (default 500) examples drawn from the train problems
-        (seed 0). The two never share a problem."""
+        """Rows of a data file when one is given; else for 'test' the first ``limit`` (default 500; at most the
+        638 there are with operands 1-50) distinct test problems, and for any other split ``limit`` (default
+        500) examples drawn from the train problems (seed 0). The two never share a problem."""
         if data_path or self.data_path:
             return super().load(split, data_path, limit)
         if split != "test":
             return self.examples(limit or 500, seed=0)
         rng = random.Random(SPLIT_SEED + 1)  # which way round each test addition is written
-        return [self._example(*problem, swap=rng.random() < 0.5) for problem in self.problems("test")[:limit or 500]]
+        test = self.problems("test")[:limit or 500]
+        return [self._example(*problem, swap=rng.random() < 0.5) for problem in test]
 
     def convert(self, row: dict) -> dict:
         question = require(row, "question", str)
