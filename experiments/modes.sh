@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper's mode comparison at laptop scale: hybrid (HRPO), discrete (GRPO), latent and hidden ablations,
-# 3 seeds each, same budget, on the embedded model and task. About 60 min on 2 CPU cores with the defaults.
+# 3 seeds each, same budget, on the embedded model and task. About 30-60 min on 2 CPU cores (31 min as two one-thread processes, docs/results.md).
 #   bash experiments/modes.sh            # STEPS=20 OUT=runs/modes by default
 # Then: runs/modes/compare.md, runs/modes/summary.md and runs/modes/plots/*.png
 set -euo pipefail
