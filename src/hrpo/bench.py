@@ -149,7 +149,7 @@ def bench_rollout(shape: str = "qwen2.5-1.5b", batch: int = 64, prompt_len: int 
         baselines = ("hf_dynamic", "hf_static") if on_cuda else ("hf_dynamic",)
     precision = choose_dtype(dtype, device)
     if log:
-        log(f"dtype {precision.name} ({precision.reason})")
+        log(precision.summary)
     model = random_model(shape, precision.dtype, device, lora_r)
     vocab, hidden = model.get_input_embeddings().weight.shape
     prompts = torch.randint(10, vocab, (batch // group, prompt_len), generator=torch.Generator().manual_seed(0))

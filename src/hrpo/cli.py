@@ -399,10 +399,9 @@ _BENCH_SIZES = {("rollout", True): (64, 256, 256), ("rollout", False): (8, 64, 6
 
 def _bench_sizes(args: argparse.Namespace) -> tuple[int, int, int]:
     """--batch, --prompt-len and --new-tokens, each defaulting by the subcommand and the device."""
-    import torch
+    from .models import resolve_device
 
-    on_cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    default = _BENCH_SIZES[args.what, on_cuda]
+    default = _BENCH_SIZES[args.what, resolve_device(args.device or "auto").type == "cuda"]
     return args.batch or default[0], args.prompt_len or default[1], args.new_tokens or default[2]
 
 

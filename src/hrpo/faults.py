@@ -96,8 +96,8 @@ class GracefulStop:
         self.run_dir = run_dir
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
-        self._previous_wakeup_fd: int | None = None
-        self._pipe: tuple[int, int] | None = None
+        self._previous_wakeup_fd = -1  # what set_wakeup_fd had before (-1: none)
+        self._wakeup_write_fd: int | None = None  # the pipe's write end; the watcher owns the read end
         self._settled = threading.Event()  # the context exited, or the handler raised
         self._announced = threading.Lock()
         self._announce_done = False
@@ -159,17 +159,17 @@ class GracefulStop:
                 self._previous[sig] = signal.signal(sig, self._handle)
             read_fd, write_fd = os.pipe()
             os.set_blocking(write_fd, False)  # set_wakeup_fd requires it; the C handler never blocks
-            self._pipe = (read_fd, write_fd)
+            self._wakeup_write_fd = write_fd
             self._previous_wakeup_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
             threading.Thread(target=self._watch, args=(read_fd,), name="hrpo-signal-watcher", daemon=True).start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._settled.set()
-        if self._pipe is not None:
-            signal.set_wakeup_fd(self._previous_wakeup_fd if self._previous_wakeup_fd is not None else -1)
-            os.close(self._pipe[1])  # the watcher reads EOF and ends; it closes nothing itself
-            self._pipe = None
+        if self._wakeup_write_fd is not None:
+            signal.set_wakeup_fd(self._previous_wakeup_fd)
+            os.close(self._wakeup_write_fd)  # the watcher reads EOF, closes the read end and ends
+            self._wakeup_write_fd = None
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()

@@ -83,7 +83,7 @@ def load_policy(model: str | None = None, adapter: str | Path | None = None, mod
     return Policy(model=net, tokenizer=loaded.tokenizer, gate=gate, marker=marker or run.marker or "####",
                   temperature=run.temperature, top_k=run.top_k, top_p=run.top_p,
                   eos_ids=eos_token_ids(loaded.model, loaded.tokenizer), device=dev, mode=mode,
-                  model_name=model or run.model, dtype_reason=f"dtype {precision.name} ({precision.reason})")
+                  model_name=model or run.model, dtype_reason=precision.summary)
 
 
 def generate_ids(policy: Policy, prompt_ids: list[list[int]], max_new_tokens: int, greedy: bool = False,

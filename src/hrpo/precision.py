@@ -38,6 +38,11 @@ class DtypeChoice:
         """'float32', 'bfloat16' or 'float16'."""
         return str(self.dtype).removeprefix("torch.")
 
+    @property
+    def summary(self) -> str:
+        """The line a command prints: 'dtype float32 (auto: float32, ...)'."""
+        return f"dtype {self.name} ({self.reason})"
+
 
 def _matmul_seconds(dtype: torch.dtype, repeats: int = 3) -> float:
     """Best time in seconds of one PROBE_SHAPE matmul forward + backward in ``dtype`` on the CPU."""
@@ -56,8 +61,8 @@ def _matmul_seconds(dtype: torch.dtype, repeats: int = 3) -> float:
 
 @functools.lru_cache(maxsize=1)
 def cpu_bf16_time_ratio() -> float:
-    """Time of a bf16 matmul (forward + backward) over the fp32 one on this CPU: about 0.4 with native bf16,
-    3-20 without. Measured once per process (well under a second)."""
+    """Time of a bf16 matmul (forward + backward) over the fp32 one on this CPU: about 0.3 with native bf16,
+    about 20 or more without. Measured once per process (well under a second)."""
     fp32 = _matmul_seconds(torch.float32)
     bf16 = _matmul_seconds(torch.bfloat16)
     fp32 = min(fp32, _matmul_seconds(torch.float32))  # interleaved, so a burst of load does not decide alone

@@ -124,7 +124,7 @@ def setup(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Trai
     device = dist.device if dist.distributed else resolve_device(cfg.device)
     # every process must train in the main process's dtype, whatever its own probe would say
     precision = broadcast(dist, choose_dtype(cfg.dtype, device) if dist.is_main else None)
-    log(f"dtype {precision.name} ({precision.reason})")
+    log(precision.summary)
     cfg.dtype = precision.name  # config.yaml keeps what the run trains in, so a resume keeps it too
     task, examples, eval_task, eval_examples = load_task_data(cfg)
     log(f"loading model '{cfg.model}' ({precision.name}, {device})")
