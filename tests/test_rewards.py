@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hrpo import tasks
-from hrpo.rewards import (answer_clause, boxed_group, choice_letter, final_number, format_number, last_boxed,
+from hrpo.scoring import (answer_clause, boxed_group, choice_letter, final_number, format_number, last_boxed,
                           math_answer_text, math_equal, math_unmarked_text, normalize_qa, qa_exact_match, qa_f1,
                           short_answer)
 

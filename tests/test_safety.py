@@ -99,7 +99,7 @@ def test_the_package_never_evals_and_torch_load_is_weights_only():
 def test_math_answers_are_parsed_never_evaluated(monkeypatch):
     import math_verify.parser
 
-    from hrpo.rewards import math_equal
+    from hrpo.scoring import math_equal
 
     evaluated = []
     monkeypatch.setattr(math_verify.parser, "parse_expr", lambda *a, **k: evaluated.append(a) or 0)

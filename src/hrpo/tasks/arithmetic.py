@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 from ..data import require
-from ..rewards import parse_number, text_after_marker, unmarked_number
+from ..scoring import parse_number, text_after_marker, unmarked_number
 from .base import Task
 
 # Short on purpose: on CPU most of a step's compute is the prompt, and the 2-shot examples carry the format.

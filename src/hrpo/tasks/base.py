@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 
 from ..data import DataError, FieldError, Record, load_hub, read_local
-from ..rewards import marker_count_ok, text_after_marker
+from ..scoring import marker_count_ok, text_after_marker
 
 # The reference's system prompt, verbatim (hrpo-reference.md section 7).
 HASH_SYSTEM_PROMPT = (

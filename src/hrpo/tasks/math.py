@@ -11,7 +11,7 @@ Row schemas (the hub datasets' own field names):
 from __future__ import annotations
 
 from ..data import FieldError, require
-from ..rewards import (boxed_answer, final_number, format_number, math_answer_text, math_equal, math_unmarked_text,
+from ..scoring import (boxed_answer, final_number, format_number, math_answer_text, math_equal, math_unmarked_text,
                        unmarked_number)
 from .base import Task
 

@@ -10,7 +10,7 @@ Options are lettered A, B, C, ... by position, so ARC's numeric keys map to the 
 from __future__ import annotations
 
 from ..data import FieldError, load_hub, require, require_str_list
-from ..rewards import LETTERS, choice_letter
+from ..scoring import LETTERS, choice_letter
 from .base import Task
 
 FIELDS = ("question (str) and either choices (list[str]) + answer (int index or letter) [+ subject (str)], "

@@ -16,7 +16,7 @@ a yes/no answer differs from a yes/no gold, as HotpotQA's official F1).
 from __future__ import annotations
 
 from ..data import FieldError, require, require_str_list
-from ..rewards import qa_exact_match, qa_f1, short_answer
+from ..scoring import qa_exact_match, qa_f1, short_answer
 from .base import Task
 
 TOP_K = 3
