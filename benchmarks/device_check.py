@@ -23,7 +23,7 @@ Stages (each writes ``<stage>[_<tag>].json`` to --out as soon as it ends, and ke
 * bench_train: `hrpo bench train`, the paper's GSM8K micro-batch (8 x (1024 + 1024), LoRA r32, checkpointing).
 * bench_rollout_embedded: the embedded model's shape, batch 8.
 
-``--set key=value`` changes :data:`hrpo.fast_rollout.OPTIONS` for every stage (a variant of the engine).
+``--set key=value`` changes :data:`hrpo.engines.options.OPTIONS` for every stage (a variant of the engine).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from pathlib import Path
 
 import torch
 
-import hrpo.fast_rollout as fr
+from hrpo.engines import graph as graph_mod, layers as layers_mod, options as options_mod
+from hrpo.engines import state as state_mod, weights as weights_mod
 from hrpo.bench import bench_rollout, bench_train, random_model
 from hrpo.gate import HybridGate
 from hrpo.rollout import MarkerMatcher, SamplingConfig, generate
@@ -93,7 +94,7 @@ def equivalence(modes=("hybrid", "discrete", "hidden"), engines=("eager", "graph
             runs = {e: generate(model, ids, mask, sampling, eos_token_ids=eos, engine=e, **kw) for e in engines}
             entry = {"columns": int(runs["eager"].completion_ids.shape[1]),
                      "thinking_tokens": int(runs["eager"].thinking_mask.sum()),
-                     "compiled": fr._GRAPHS[id(model)].compiled if "graph" in engines else None,
+                     "compiled": graph_mod._GRAPHS[id(model)].compiled if "graph" in engines else None,
                      **{f"{e}_vs_eager": compare(runs["eager"], runs[e]) for e in engines if e != "eager"}}
             for e in engines:
                 if e != "eager":
@@ -104,7 +105,7 @@ def equivalence(modes=("hybrid", "discrete", "hidden"), engines=("eager", "graph
             kw = dict(gate=gate, matcher=matcher, pad_token_id=0, row_seeds=seeds, group_size=2, mode="hybrid",
                       eos_token_ids=eos)
             before = generate(model, ids, mask, sampling, engine="graph", **kw)
-            engine = fr._GRAPHS[id(model)]
+            engine = graph_mod._GRAPHS[id(model)]
             g = torch.Generator().manual_seed(1)
             with torch.no_grad():
                 for layer in model.model.layers:
@@ -114,12 +115,12 @@ def equivalence(modes=("hybrid", "discrete", "hidden"), engines=("eager", "graph
                 gate.Lambda.sub_(1.0)
             runs = {e: generate(model, ids, mask, sampling, engine=e, **kw) for e in engines}
             c = compare(runs["eager"], runs["graph"])
-            c["same_captured_engine"] = fr._GRAPHS[id(model)] is engine
+            c["same_captured_engine"] = graph_mod._GRAPHS[id(model)] is engine
             c["update_changed_tokens"] = not torch.equal(before.completion_ids, runs["graph"].completion_ids)
             ok &= (c["same_ids"] and c["same_masks"] and c["logprob_max_diff"] < 1e-4 and c["same_captured_engine"]
                    and c["update_changed_tokens"])
             report[f"{arch}/hybrid_after_update"] = c
-        fr._GRAPHS.clear()
+        graph_mod._GRAPHS.clear()
     report["all_equal"] = ok
     return report
 
@@ -130,7 +131,7 @@ def kernel() -> dict:
     the time of one call of each. The times are of eager calls, so they include the host's launch (on the
     H200, 2026-11-26: 89-142 us per call of the kernel pair that takes 14 us in the profiled step); the real
     kernel times come from ``profile_step``."""
-    from hrpo import decode_attention as da
+    from hrpo.engines import decode_attention as da
 
     batch, kv_heads, group, dim, cache_len, n_keys = 64, 2, 6, 128, 384, 320
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -144,9 +145,9 @@ def kernel() -> dict:
         keys, values, mask = cache[0, :, :, :n_keys], cache[1, :, :, :n_keys], valid[:, :n_keys]
         scale = dim ** -0.5
         reference = da.reference_attention(q, keys, values, mask, scale)
-        folded = fr.fold_mask(mask[:, None, None], group, dtype)
+        folded = layers_mod.fold_mask(mask[:, None, None], group, dtype)
         runs = {"triton": lambda: da.decode_attention(q, keys, values, mask, scale),
-                "sdpa": lambda: fr.grouped_attention(q, keys, values, folded, scale)}
+                "sdpa": lambda: layers_mod.grouped_attention(q, keys, values, folded, scale)}
         for name, fn in runs.items():
             out = fn()
             error = float((out.double() - reference).abs().max() / reference.abs().max())
@@ -197,7 +198,7 @@ def breakdown(group: int = 1, lora_r: int = 0, modes=("hybrid", "discrete")) -> 
     with the eager prefill layer (same process, same captured graphs)."""
     model, ids, kw, sampling = _setup(group, lora_r)
     mask = torch.ones_like(ids)
-    report = {"options": dataclasses.asdict(fr.OPTIONS), "group": group, "lora_r": lora_r}
+    report = {"options": dataclasses.asdict(options_mod.OPTIONS), "group": group, "lora_r": lora_r}
     for mode in modes:
         call_kw = {**kw, "gate": kw["gate"] if mode == "hybrid" else None}
         run = lambda: generate(model, ids, mask, sampling, mode=mode, **call_kw)  # noqa: E731
@@ -205,9 +206,9 @@ def breakdown(group: int = 1, lora_r: int = 0, modes=("hybrid", "discrete")) -> 
         run()
         torch.cuda.synchronize()
         first = time.perf_counter() - t
-        engine = fr._GRAPHS[id(model)]
+        engine = graph_mod._GRAPHS[id(model)]
         compiled_prefill = engine.prefill_layer
-        prefill_layers = (("compiled", compiled_prefill), ("eager", fr.decoder_layer))
+        prefill_layers = (("compiled", compiled_prefill), ("eager", layers_mod.decoder_layer))
         best = {}
         for name, layer_fn in prefill_layers:
             engine.prefill_layer = layer_fn
@@ -220,22 +221,22 @@ def breakdown(group: int = 1, lora_r: int = 0, modes=("hybrid", "discrete")) -> 
                 calls.append(time.perf_counter() - t)
             best[name] = min(calls)
         engine.prefill_layer = compiled_prefill
-        state, modules = engine.state, fr.model_modules(model)
+        state, modules = engine.state, layers_mod.model_modules(model)
         with torch.no_grad():
-            prefill_ms = {name: _event_ms(lambda: fr.prefill(state, ids, mask, group, engine.weights, modules,
+            prefill_ms = {name: _event_ms(lambda: state_mod.prefill(state, ids, mask, group, engine.weights, modules,
                                                                layer_fn), 3)
                           for name, layer_fn in prefill_layers}
-            fr.reset_outputs(state, kw["row_seeds"])
+            state_mod.reset_outputs(state, kw["row_seeds"])
             steps = iter(range(NEW - 1))  # the real schedule: the attended length grows with t
             step_ms = _event_ms(lambda: engine.replay(PROMPT + next(steps) + 1), NEW - 1)
             loop_ms = {}  # the decode loop (255 replays + the last sample) under three ways of checking "all done"
-            for name, every, lag in (("lagged", fr.SYNC_EVERY, fr.CHECK_LAG), ("drained_every_16", 16, 0),
+            for name, every, lag in (("lagged", graph_mod.SYNC_EVERY, graph_mod.CHECK_LAG), ("drained_every_16", 16, 0),
                                      ("unchecked", NEW, 0)):
-                fr.reset_outputs(state, kw["row_seeds"])
-                loop_ms[name] = _event_ms(lambda: fr.run_steps(state, engine.spec, modules,
+                state_mod.reset_outputs(state, kw["row_seeds"])
+                loop_ms[name] = _event_ms(lambda: state_mod.run_steps(state, engine.spec, modules,
                                                                lambda t: engine.replay(PROMPT + t + 1), every, lag,
                                                                engine.last.replay), 1)
-            weights_ms = _event_ms(lambda: fr.decode_weights(model, into=engine.weights), 3)
+            weights_ms = _event_ms(lambda: weights_mod.decode_weights(model, into=engine.weights), 3)
         report[mode] = {"compiled": engine.compiled, "first_call_s": first, "call_s": best["compiled"],
                         "steps_per_s": NEW / best["compiled"], "call_s_eager_prefill": best["eager"],
                         "steps_per_s_eager_prefill": NEW / best["eager"], "prefill_ms": prefill_ms["compiled"],
@@ -270,14 +271,14 @@ def profile_step(group: int = 1, lora_r: int = 0, steps: int = 5) -> dict:
     crashed the process on torch 2.11)."""
     model, ids, kw, sampling = _setup(group, lora_r)
     generate(model, ids, torch.ones_like(ids), dataclasses.replace(sampling, max_new_tokens=32), **kw)
-    engine = fr._GRAPHS[id(model)]
-    modules = fr.model_modules(model)
-    layer_fn, start, finish = fr.step_functions(fr.OPTIONS.compile_layers, fr.OPTIONS.compile_sampler)
+    engine = graph_mod._GRAPHS[id(model)]
+    modules = layers_mod.model_modules(model)
+    layer_fn, start, finish = graph_mod.step_functions(options_mod.OPTIONS.compile_layers, options_mod.OPTIONS.compile_sampler)
     state = engine.state
 
     def step():  # attends over 320 of the 384 cache slots (a strided slice, as most replays do)
         state.step.zero_()
-        fr.decode_step(state, engine.spec, engine.weights, modules, layer_fn, start, finish, attend=320)
+        state_mod.decode_step(state, engine.spec, engine.weights, modules, layer_fn, start, finish, attend=320)
 
     for _ in range(2):
         step()
@@ -290,16 +291,16 @@ def _prefill_runs(group: int, lora_r: int):
     model, ids, kw, sampling = _setup(group, lora_r)
     mask = torch.ones_like(ids)
     generate(model, ids, mask, dataclasses.replace(sampling, max_new_tokens=32), **kw)
-    engine = fr._GRAPHS[id(model)]
-    modules = fr.model_modules(model)
+    engine = graph_mod._GRAPHS[id(model)]
+    modules = layers_mod.model_modules(model)
 
     def runner(layer_fn):
         def run():
             with torch.no_grad():
-                fr.prefill(engine.state, ids, mask, group, engine.weights, modules, layer_fn)
+                state_mod.prefill(engine.state, ids, mask, group, engine.weights, modules, layer_fn)
         return run
 
-    runs = [("compiled", runner(engine.prefill_layer)), ("eager", runner(fr.decoder_layer))]
+    runs = [("compiled", runner(engine.prefill_layer)), ("eager", runner(layers_mod.decoder_layer))]
     return {"group": group, "lora_r": lora_r}, runs
 
 
@@ -358,7 +359,7 @@ def gate_gemm(calls: int = 20, replays: int = 20) -> dict:
     rows, hidden = BATCH, 1536
     gate = HybridGate(hidden).cuda()
     e = torch.randn(rows, hidden, device="cuda", generator=torch.Generator(device="cuda").manual_seed(0))
-    concatenated = fr.concatenated_gate(gate)  # what the engine's step uses
+    concatenated = weights_mod.concatenated_gate(gate)  # what the engine's step uses
     stacked_w = torch.stack([gate.gate_r.weight, gate.gate_i.weight]).transpose(1, 2).detach()
     stacked_b = torch.stack([gate.gate_r.bias, gate.gate_i.bias])[:, None].detach()
     variants = {
@@ -392,8 +393,8 @@ def main():
     args = p.parse_args()
     for item in args.set:
         key, value = item.split("=", 1)
-        current = getattr(fr.OPTIONS, key)
-        setattr(fr.OPTIONS, key, value == "true" if isinstance(current, bool) else value or None)
+        current = getattr(options_mod.OPTIONS, key)
+        setattr(options_mod.OPTIONS, key, value == "true" if isinstance(current, bool) else value or None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = lambda m: print(m, flush=True)  # noqa: E731
@@ -418,11 +419,11 @@ def main():
         except Exception as err:  # keep going: later stages still report
             result = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
         result["stage_seconds"] = time.perf_counter() - t
-        result["options"] = dataclasses.asdict(fr.OPTIONS)
+        result["options"] = dataclasses.asdict(options_mod.OPTIONS)
         tag = f"_{args.tag}" if args.tag else ""
         (out / f"{name}{tag}.json").write_text(json.dumps(result, indent=2))
         print(f"== {name}{tag} ({result['stage_seconds']:.0f} s)\n{json.dumps(result)[:1500]}", flush=True)
-        fr._GRAPHS.clear()
+        graph_mod._GRAPHS.clear()
         torch.cuda.empty_cache()
 
 

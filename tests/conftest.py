@@ -14,7 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # dtype auto on CPU means fp32 in the suite (child processes too), whatever this CPU's bf16 speed: the tests'
 # tolerances are for fp32, and their results must not depend on the machine
 os.environ.setdefault("HRPO_CPU_DTYPE", "float32")
-if not torch.cuda.is_available():  # Triton kernels (hrpo.decode_attention) then run in its CPU interpreter
+if not torch.cuda.is_available():  # Triton kernels (hrpo.engines.decode_attention) then run in its CPU interpreter
     os.environ.setdefault("TRITON_INTERPRET", "1")
 torch.set_num_threads(2)
 

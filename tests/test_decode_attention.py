@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from hrpo import decode_attention as da
+from hrpo.engines import decode_attention as da
 
 pytestmark = pytest.mark.skipif(not da.available(), reason="triton is not installed")
 
@@ -76,9 +76,9 @@ def test_split_plan_covers_every_key_in_whole_blocks():
 def test_static_engine_on_the_kernel_equals_eager(tokenizer, monkeypatch):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    import hrpo.fast_rollout as fr
+    from hrpo.engines import layers, options
     from hrpo import HybridGate, SamplingConfig, generate
-    from hrpo.rollout import marker_matcher
+    from hrpo.sampling import marker_matcher
     from hrpo.text import left_pad
 
     torch.manual_seed(0)
@@ -102,8 +102,8 @@ def test_static_engine_on_the_kernel_equals_eager(tokenizer, monkeypatch):
     eos = [int(eager.completion_ids[0, 3]), int(eager.completion_ids[2, 1])]
     eager = run("eager", eos)
     calls = []
-    monkeypatch.setattr(fr.OPTIONS, "attention", "triton")
-    monkeypatch.setattr(fr, "decode_attention",
+    monkeypatch.setattr(options.OPTIONS, "attention", "triton")
+    monkeypatch.setattr(layers, "decode_attention",
                         lambda *a, **kw: calls.append(kw["new"] is not None) or da.decode_attention(*a, **kw))
     fast = run("static", eos)
     assert calls and all(calls)  # the decode steps ran on the kernel, which wrote their keys and values

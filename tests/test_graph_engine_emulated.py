@@ -16,10 +16,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-import hrpo.fast_rollout as fr
 from conftest import assert_same_rollout, build_tiny_model, with_random_lora
-from hrpo import HybridGate, SamplingConfig, generate
-from hrpo.rollout import marker_matcher
+from hrpo import HybridGate, SamplingConfig, generate, rollout
+from hrpo.engines import graph, options, static
+from hrpo.sampling import marker_matcher
 from hrpo.text import left_pad
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
@@ -83,12 +83,12 @@ def emulated_cuda_graphs(request, monkeypatch):
         monkeypatch.setattr(torch.cuda, name, value)
     traced = request.param == "traced"
     for option in ("compile_layers", "compile_sampler", "compile_prefill"):
-        monkeypatch.setattr(fr.OPTIONS, option, traced)
-    monkeypatch.setattr(fr.OPTIONS, "compile_backend", "aot_eager")
-    monkeypatch.setattr(fr.OPTIONS, "attention", "sdpa")
-    fr._GRAPHS.clear()
+        monkeypatch.setattr(options.OPTIONS, option, traced)
+    monkeypatch.setattr(options.OPTIONS, "compile_backend", "aot_eager")
+    monkeypatch.setattr(options.OPTIONS, "attention", "sdpa")
+    graph._GRAPHS.clear()
     yield
-    fr._GRAPHS.clear()
+    graph._GRAPHS.clear()
 
 
 def _rollout(model, tokenizer, gate, eos, engine, sampling):
@@ -97,7 +97,7 @@ def _rollout(model, tokenizer, gate, eos, engine, sampling):
               pad_token_id=tokenizer.pad_token_id, row_seeds=torch.arange(6) * 7 + 3, group_size=2, mode="hybrid")
     if engine == "eager":
         return generate(model, ids, mask, sampling, engine="eager", **kw)
-    return fr.generate_fast(model, ids, mask, sampling, engine=engine, **kw)
+    return static.generate_fast(model, ids, mask, sampling, engine=engine, **kw)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -114,9 +114,9 @@ def test_emulated_graph_engine_equals_eager_and_follows_weight_updates(arch, tok
     assert not eager.completion_mask.all() and eager.thinking_mask.any()
     FakeGraph.replays = 0
     assert_same_rollout(eager, _rollout(model, tokenizer, gate, eos, "graph", sampling))
-    engine = fr._GRAPHS[id(model)]
+    engine = graph._GRAPHS[id(model)]
     assert FakeGraph.replays > 0
-    assert engine.compiled == ("layers+sampler+prefill" if fr.OPTIONS.compile_layers else "none")
+    assert engine.compiled == ("layers+sampler+prefill" if options.OPTIONS.compile_layers else "none")
 
     named = dict(model.named_parameters())
     with torch.no_grad():
@@ -128,7 +128,7 @@ def test_emulated_graph_engine_equals_eager_and_follows_weight_updates(arch, tok
     eager = _rollout(model, tokenizer, gate, eos, "eager", sampling)
     assert not torch.equal(eager.completion_ids, first.completion_ids)  # the update changed the policy
     assert_same_rollout(eager, _rollout(model, tokenizer, gate, eos, "graph", sampling))
-    assert fr._GRAPHS[id(model)] is engine  # the same captured graphs, reading the rewritten tensors
+    assert graph._GRAPHS[id(model)] is engine  # the same captured graphs, reading the rewritten tensors
 
 
 def test_emulated_graph_engine_samples_the_last_column_when_rows_run_to_the_end(tokenizer, emulated_cuda_graphs):
@@ -160,8 +160,8 @@ def test_the_device_checks_equivalence_stage_runs(monkeypatch, emulated_cuda_gra
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
     monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
     monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
-    resolve = fr.resolve_engine
-    monkeypatch.setattr(fr, "resolve_engine", lambda e, model, mode: e if e == "graph" else resolve(e, model, mode))
+    resolve = rollout.resolve_engine
+    monkeypatch.setattr(rollout, "resolve_engine", lambda e, model, mode: e if e == "graph" else resolve(e, model, mode))
     sys.modules.pop("device_check", None)
     import device_check
 

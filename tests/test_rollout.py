@@ -10,7 +10,7 @@ from conftest import ARCHS
 from hrpo import HybridGate, MarkerMatcher, SamplingConfig, generate
 from hrpo.models import load_model
 from hrpo.objective import completion_logprobs, rollout_inputs_embeds
-from hrpo.rollout import marker_matcher, rollout_row_seeds, row_uniforms
+from hrpo.sampling import marker_matcher, rollout_row_seeds, row_uniforms
 from hrpo.text import left_pad
 
 EOS = 2

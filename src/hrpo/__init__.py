@@ -3,7 +3,8 @@
 from .config import TrainConfig, build_config
 from .gate import HybridGate, latent_embeddings, mix_inputs, topk_latent_embeddings
 from .objective import completion_logprobs, group_advantages, hrpo_loss, k3_kl
-from .rollout import MarkerMatcher, Rollout, SamplingConfig, generate, marker_matcher
+from .rollout import generate
+from .sampling import MarkerMatcher, Rollout, SamplingConfig, marker_matcher
 
 __all__ = [
     "HybridGate", "latent_embeddings", "topk_latent_embeddings", "mix_inputs", "TrainConfig", "build_config",

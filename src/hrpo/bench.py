@@ -17,7 +17,8 @@ import torch
 from .config import ConfigError
 from .gate import HybridGate
 from .precision import DtypeChoice, choose_dtype
-from .rollout import MarkerMatcher, Rollout, SamplingConfig, generate
+from .rollout import generate
+from .sampling import MarkerMatcher, Rollout, SamplingConfig
 
 SHAPES = {
     "qwen2.5-1.5b": dict(model_type="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,

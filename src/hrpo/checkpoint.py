@@ -10,23 +10,22 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from .faults import NonFiniteError, nonfinite_parameters
+from .errors import NonFiniteError
 from .gate import HybridGate
 from .models import GATE_FILE, load_gate, save_gate
+# re-exported: trainer, policy and user code find checkpoints through this module
+from .run_files import checkpoint_step, list_checkpoints, newest_checkpoint  # noqa: F401
 
 STATE_FILE = "trainer_state.pt"
 ADAPTER_FILE = "adapter_model.safetensors"
-_CKPT = re.compile(r"^checkpoint-(\d+)$")
-
-
 class CheckpointError(RuntimeError):
     """A checkpoint or run directory is missing or not ours; the message names the path."""
 
@@ -45,6 +44,11 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if torch.cuda.is_available() and state.get("cuda"):
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def nonfinite_parameters(named: Sequence[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of the tensors in ``named`` ((name, tensor) pairs) holding NaN or inf."""
+    return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all())]
 
 
 def check_finite(step: int, model, gate: HybridGate | None, run_dir: Path | None = None) -> None:
@@ -120,28 +124,6 @@ def save_checkpoint(run_dir: Path, step: int, model, gate: HybridGate | None, op
         for old in list_checkpoints(run_dir)[:-keep]:
             _remove(old)
     return final
-
-
-def checkpoint_step(path: Path) -> int | None:
-    """N for a directory named checkpoint-N, else None."""
-    m = _CKPT.match(Path(path).name)
-    return int(m.group(1)) if m else None
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints in ``run_dir``, oldest first."""
-    found = []
-    for p in Path(run_dir).iterdir() if Path(run_dir).is_dir() else []:
-        step = checkpoint_step(p)
-        if step is not None and p.is_dir():
-            found.append((step, p))
-    return [p for _, p in sorted(found)]
-
-
-def newest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint in ``run_dir``, or None."""
-    found = list_checkpoints(Path(run_dir))
-    return found[-1] if found else None
 
 
 def find_checkpoint(path: str | Path) -> Path:

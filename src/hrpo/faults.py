@@ -23,54 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+# the errors are importable from here too, as before hrpo.errors existed
+from .errors import (RESUME_HINT, DeviceOutOfMemoryError, NonFiniteError, TrainingError,  # noqa: F401
+                     TrainingInterrupted)
+from .run_files import newest_checkpoint
+
 logger = logging.getLogger("hrpo")
-
-RESUME_HINT = "hrpo train --resume {run_dir}"
-
-
-class TrainingError(RuntimeError):
-    """A run stopped for a reason the user can act on; the CLI prints the message (no traceback) and exits
-    with ``exit_code``."""
-
-    exit_code = 1
-    label = "error: "
-
-
-class NonFiniteError(TrainingError):
-    """Too many consecutive non-finite updates, or non-finite parameters about to be saved."""
-
-
-class DeviceOutOfMemoryError(TrainingError):
-    """The accelerator ran out of memory; the message names the settings to lower."""
-
-    exit_code = 2
-
-
-class TrainingInterrupted(TrainingError):
-    """SIGINT/SIGTERM stopped the run; ``checkpoint`` is what it wrote (None when it aborted without one)."""
-
-    label = ""
-
-    def __init__(self, signum: int, run_dir: Path | None = None, checkpoint: Path | None = None,
-                 aborted: bool = False):
-        self.signum, self.run_dir, self.checkpoint, self.aborted = signum, run_dir, checkpoint, aborted
-        super().__init__(signum)
-
-    @property
-    def exit_code(self) -> int:  # the shell convention: 128 + signal number (130 SIGINT, 143 SIGTERM)
-        return 128 + self.signum
-
-    def __str__(self) -> str:
-        name = signal.Signals(self.signum).name
-        if self.run_dir is None:
-            return f"interrupted by {name}"
-        if self.checkpoint is not None and not self.aborted:
-            what = f"stopped by {name}; checkpoint written: {self.checkpoint}"
-        elif self.checkpoint is not None:
-            what = f"stopped at once by a second {name}, without a new checkpoint; the last one is {self.checkpoint}"
-        else:
-            return f"stopped by {name} before the first checkpoint; nothing to resume (start the run again)"
-        return f"{what}\nResume with: {RESUME_HINT.format(run_dir=self.run_dir)}"
 
 
 # ----------------------------------------------------------------------------------------------- signals
@@ -113,8 +71,6 @@ class GracefulStop:
         return self.requested
 
     def _stopped_at_once(self, signum: int) -> TrainingInterrupted:
-        from .checkpoint import newest_checkpoint
-
         last = newest_checkpoint(self.run_dir) if self.run_dir is not None else None
         return TrainingInterrupted(signum, self.run_dir, last, aborted=True)
 
@@ -201,20 +157,15 @@ class NonFiniteGuard:
                 f"max_grad_norm > 0, or use dtype float32; --max-nonfinite-steps 0 never stops.")
 
 
-def nonfinite_parameters(named: Sequence[tuple[str, "object"]]) -> list[str]:
-    """Names of the tensors in ``named`` ((name, tensor) pairs) holding NaN or inf."""
-    import torch
-
-    return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all())]
-
-
 # ----------------------------------------------------------------------------------------------- OOM
 
 OOM_SETTINGS = ("micro_batch_size", "group_size", "prompts_per_step", "max_new_tokens", "max_prompt_length")
 
 # function (or hrpo module) in the traceback, outermost first -> phase named in the message (the reference
 # forward runs completion_logprobs inside reference_logprobs, the periodic evaluation the rollout inside evaluate)
-_PHASES = {"generate": "the rollout", "rollout.py": "the rollout", "fast_rollout.py": "the rollout",
+_ROLLOUT_FILES = ("rollout.py", "sampling.py", "eager.py", "static.py", "graph.py", "state.py", "layers.py",
+                  "weights.py", "decode_attention.py")
+_PHASES = {"generate": "the rollout", **dict.fromkeys(_ROLLOUT_FILES, "the rollout"),
            "reference_logprobs": "the reference forward", "completion_logprobs": "the policy forward",
            "hrpo_loss": "the loss", "backward": "the backward pass", "periodic_eval": "the periodic evaluation",
            "evaluate": "the periodic evaluation"}

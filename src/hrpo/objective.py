@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from .gate import HybridGate, thinking_inputs
-from .rollout import Rollout, cache_argument, position_ids_from_mask, rows_repeat
+from .engines.eager import cache_argument
+from .sampling import Rollout, position_ids_from_mask, rows_repeat
 
 ADVANTAGE_EPS = 1e-4
 LOG_RATIO_CLAMP = 20.0

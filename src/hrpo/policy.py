@@ -12,7 +12,8 @@ from .config import TrainConfig, load_yaml
 from .gate import HybridGate, hidden_ratio
 from .models import GATE_FILE, ModelLoadError, eos_token_ids, load_gate, load_model, resolve_device
 from .precision import choose_dtype
-from .rollout import Rollout, SamplingConfig, generate, marker_matcher
+from .rollout import generate
+from .sampling import Rollout, SamplingConfig, marker_matcher
 from .text import encode_text_prompt, left_pad
 
 

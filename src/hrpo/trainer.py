@@ -33,7 +33,8 @@ from .plots import write_run_plots
 from .precision import choose_dtype
 from .progress import progress_bar, quiet_libraries
 from .objective import completion_logprobs, group_advantages, hrpo_loss, rollout_inputs_embeds
-from .rollout import Rollout, SamplingConfig, generate, marker_matcher, rollout_row_seeds
+from .rollout import generate
+from .sampling import Rollout, SamplingConfig, marker_matcher, rollout_row_seeds
 from .text import decode_completions, encode_prompts
 from .trackers import open_tracker
 

@@ -10,9 +10,11 @@ import torch.nn.functional as F
 
 from conftest import assert_same_rollout, build_tiny_model, tiny_config, with_random_lora
 from hrpo import HybridGate, SamplingConfig, generate
-from hrpo.fast_rollout import fuse, generate_fast, linear_parts, project, resolve_engine, unsupported_reason
+from hrpo.engines.static import generate_fast
+from hrpo.engines.weights import fuse, linear_parts, project, unsupported_reason
 from hrpo.models import add_lora
-from hrpo.rollout import marker_matcher, row_uniforms, sample_tokens
+from hrpo.rollout import resolve_engine
+from hrpo.sampling import marker_matcher, row_uniforms, sample_tokens
 from hrpo.text import left_pad
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
@@ -249,7 +251,7 @@ def _weights_equal(a, b):
 def test_decode_weights_into_rewrites_the_captured_tensors_in_place(lora_model):
     """What the CUDA-graph engine does before each rollout: the tensors its graphs read take this call's weights
     (a trained adapter, and any base weight or norm changed since), at unchanged addresses."""
-    from hrpo.fast_rollout import decode_weights, weights_signature
+    from hrpo.engines.weights import decode_weights, weights_signature
 
     captured = decode_weights(lora_model)
     pointers = [{k: v.data_ptr() for k, v in layer.items() if v is not None} for layer in captured.tensors]
@@ -281,7 +283,7 @@ def test_decode_weights_into_rewrites_the_captured_tensors_in_place(lora_model):
 def test_a_lone_plain_projection_is_read_from_the_parameter(tokenizer):
     """Without an adapter, o and down (no partner to fuse with) are the parameters themselves: no copy, and an
     in-place update is what the step reads; q/k/v and gate/up are fused copies, rewritten by ``into``."""
-    from hrpo.fast_rollout import decode_weights
+    from hrpo.engines.weights import decode_weights
 
     model = build_tiny_model("qwen2", len(tokenizer))
     layer = model.get_decoder().layers[0]
@@ -302,7 +304,9 @@ def test_a_lone_plain_projection_is_read_from_the_parameter(tokenizer):
 
 
 def _prefilled(model, prompts, pad_id, layer_fn, group=1):
-    from hrpo.fast_rollout import allocate_state, decode_weights, model_modules, prefill
+    from hrpo.engines.layers import model_modules
+    from hrpo.engines.state import allocate_state, prefill
+    from hrpo.engines.weights import decode_weights
 
     ids, mask = left_pad([p for p in prompts for _ in range(group)], pad_id)
     weights, modules = decode_weights(model), model_modules(model)
@@ -318,7 +322,9 @@ def test_compiled_prefill_equals_the_eager_one_for_any_prompt_shape(lora_model, 
     the same cache, logits, hidden states and positions as the eager layer."""
     import torch._dynamo
 
-    from hrpo.fast_rollout import _prefill_layer_for, decode_weights, decoder_layer, model_modules
+    from hrpo.engines.graph import _prefill_layer_for
+    from hrpo.engines.layers import decoder_layer, model_modules
+    from hrpo.engines.weights import decode_weights
 
     torch._dynamo.reset()
     with torch.no_grad():
@@ -342,7 +348,8 @@ def test_concatenated_gate_mixes_as_the_gate_and_follows_its_updates():
     """The decode step's gate (W_r and W_i as one GEMM) gives the gate's mix and a; after a training step,
     rewriting it in place (what the graph engine does each call) brings it back to the gate's output at the
     same addresses, and a stale copy would differ."""
-    from hrpo.fast_rollout import OPTIONS, ConcatenatedGate, concatenated_gate, step_gate
+    from hrpo.engines.options import OPTIONS
+    from hrpo.engines.weights import ConcatenatedGate, concatenated_gate, step_gate
 
     gate = _gate()
     e, h = torch.randn(4, 1, 32), torch.randn(4, 1, 32)
@@ -371,7 +378,9 @@ def test_concatenated_gate_mixes_as_the_gate_and_follows_its_updates():
 def test_the_compiled_sampler_takes_the_concatenated_gate_in_one_graph(tokenizer):
     """The graph engine compiles sample + latent + gate as one function; the concatenated gate must not break
     that graph (fullgraph=True raises on a break)."""
-    from hrpo.fast_rollout import StepSpec, allocate_state, concatenated_gate, decode_weights, model_modules, next_inputs
+    from hrpo.engines.layers import model_modules
+    from hrpo.engines.state import StepSpec, allocate_state, next_inputs
+    from hrpo.engines.weights import concatenated_gate, decode_weights
 
     model = build_tiny_model("llama", len(tokenizer)).eval()
     weights, modules = decode_weights(model), model_modules(model)
@@ -397,7 +406,7 @@ def test_the_decode_loop_stops_after_the_lagged_check_that_saw_every_row_finishe
     check made ``check_lag`` checks before (so a GPU has the steps after it queued while the host waits)."""
     from types import SimpleNamespace
 
-    from hrpo.fast_rollout import run_steps
+    from hrpo.engines.state import run_steps
 
     state = SimpleNamespace(finished=torch.zeros(3, dtype=torch.bool))
     ran = []
@@ -416,8 +425,10 @@ def test_the_compiled_step_equals_the_eager_one(lora_model, tokenizer):
     step's tokens, latents, logits and cache."""
     import torch._dynamo
 
-    from hrpo.fast_rollout import (StepSpec, allocate_state, decode_step, decode_weights, decoder_layer,
-                                   model_modules, prefill, reset_outputs, step_functions, step_gate)
+    from hrpo.engines.graph import step_functions
+    from hrpo.engines.layers import decoder_layer, model_modules
+    from hrpo.engines.state import StepSpec, allocate_state, decode_step, prefill, reset_outputs
+    from hrpo.engines.weights import decode_weights, step_gate
 
     ids, mask = left_pad(PROMPTS, tokenizer.pad_token_id)
     weights, modules = decode_weights(lora_model), model_modules(lora_model)

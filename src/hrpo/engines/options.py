@@ -1,0 +1,23 @@
+"""How the fast engines build their decode step: one module-level :data:`OPTIONS` (benchmarks compare variants)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class GraphOptions:
+    """How the CUDA-graph engine builds its step (module-level :data:`OPTIONS`; benchmarks compare variants)."""
+
+    # decode-step attention: auto (the split-KV Triton kernel of hrpo.decode_attention on CUDA, else sdpa),
+    # triton, sdpa (F.scaled_dot_product_attention) or matmul (two matmuls + fp32 softmax); prefill uses sdpa
+    attention: str = "auto"
+    compile_layers: bool = True  # torch.compile the decoder layer (one compiled body shared by all layers)
+    compile_sampler: bool = True  # torch.compile the step around the layers: sampling, latent, gate, RoPE; lm_head
+    compile_prefill: bool = True  # torch.compile the prefill's layer halves, with dynamic shapes
+    compile_mode: str | None = None  # torch.compile mode, e.g. "max-autotune-no-cudagraphs"
+    compile_backend: str = "inductor"  # torch.compile backend ("aot_eager": traced, run as aten ops; for tests)
+    concatenate_gate: bool = True  # the hybrid gate's two fp32 projections as one GEMM (see ConcatenatedGate)
+
+
+OPTIONS = GraphOptions()

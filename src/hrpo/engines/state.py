@@ -1,0 +1,244 @@
+"""The decode state of the fast engines and one decode step on it: sample, record, gate, forward.
+
+A step (sample + latent + gate + forward) only reads and writes the fixed buffers of :class:`DecodeState`, so on
+CUDA it can be captured as a graph (:mod:`hrpo.engines.graph`); finished rows keep stepping, masked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..gate import HybridGate, thinking_inputs
+from ..sampling import (MarkerMatcher, Rollout, SamplingConfig, fed_back_vectors, kept_count, position_ids_from_mask,
+                        row_uniforms, sample_tokens)
+from .layers import Modules, decoder_layer, decoder_layers, forward, last_logits
+from .weights import DecodeWeights
+
+
+@dataclass
+class DecodeState:
+    """Every tensor one decode step reads or writes (fixed addresses, so a CUDA graph can replay the step)."""
+
+    kv: list[torch.Tensor]  # per layer (2, B, Hkv, L, D): keys and values
+    valid: torch.Tensor  # (B, L) bool: cache slots a query may attend to
+    logits: torch.Tensor  # (B, V) logits of the latest forward
+    hidden: torch.Tensor  # (B, H) its last normed hidden state
+    positions: torch.Tensor  # (B, 1) RoPE position of the next input
+    step: torch.Tensor  # () long: decode step t
+    prompt_len: torch.Tensor  # () long: P, so the step writes slot P + t
+    row_seeds: torch.Tensor
+    finished: torch.Tensor
+    marker_state: torch.Tensor
+    tokens: torch.Tensor  # (B, N) outputs ...
+    real: torch.Tensor
+    thinking: torch.Tensor
+    logprobs: torch.Tensor
+    gate_mean: torch.Tensor
+    latents: torch.Tensor | None
+
+
+def allocate_state(weights: DecodeWeights, batch: int, cache_len: int, max_new: int, hidden_size: int,
+                   vocab: int, latents: bool, dtype, device) -> DecodeState:
+    kv = (2, batch, weights.num_kv_heads, cache_len, weights.head_dim)
+    zeros = lambda *shape, **kw: torch.zeros(*shape, device=device, **kw)  # noqa: E731
+    return DecodeState(
+        kv=[zeros(*kv, dtype=dtype) for _ in weights.tensors],
+        valid=zeros(batch, cache_len, dtype=torch.bool),
+        logits=zeros(batch, vocab, dtype=dtype),
+        hidden=zeros(batch, hidden_size, dtype=dtype),
+        positions=zeros(batch, 1, dtype=torch.long),
+        step=zeros((), dtype=torch.long),
+        prompt_len=zeros((), dtype=torch.long),
+        row_seeds=zeros(batch, dtype=torch.long),
+        finished=zeros(batch, dtype=torch.bool),
+        marker_state=zeros(batch, dtype=torch.long),
+        tokens=zeros(batch, max_new, dtype=torch.long),
+        real=zeros(batch, max_new, dtype=torch.bool),
+        thinking=zeros(batch, max_new, dtype=torch.bool),
+        logprobs=zeros(batch, max_new, dtype=torch.float32),
+        gate_mean=torch.ones(batch, max_new, device=device),
+        latents=zeros(batch, max_new, hidden_size, dtype=dtype) if latents else None,
+    )
+
+
+@dataclass
+class StepSpec:
+    """The constant parts of a decode step."""
+
+    sampling: SamplingConfig
+    mode: str
+    gate: HybridGate | None
+    matcher: MarkerMatcher | None
+    eos: torch.Tensor  # (E,) long
+    pad_token_id: int
+    max_new: int
+
+
+def sample_into(state: DecodeState, spec: StepSpec, embed) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Sample step t from ``state.logits`` and record it in column t; returns (tokens, vectors, thinking)."""
+    t = state.step
+    column = t.view(1)
+    tokens, logprobs, kept_probs, kept_ids = sample_tokens(state.logits, spec.sampling,
+                                                           row_uniforms(state.row_seeds, t))
+    real = ~state.finished
+    tokens = tokens.masked_fill(state.finished, spec.pad_token_id)
+    finished = state.finished | (tokens[:, None] == spec.eos).any(dim=-1)
+    vectors = None
+    if spec.mode != "discrete":
+        marker_state = spec.matcher.table[state.marker_state, tokens]
+        state.marker_state.copy_(marker_state)
+        thinking = ~finished & (marker_state < spec.matcher.done_state) & (t < spec.max_new - 1)
+        vocab = state.logits.shape[-1]
+        # Llama-family embeddings are unscaled: the weight rows are the embedding outputs (a fixed buffer)
+        dense = embed.weight if kept_count(spec.sampling, vocab) == vocab else None
+        vectors = fed_back_vectors(spec.mode, kept_probs, kept_ids, embed, dense, state.hidden)
+        state.latents.index_copy_(1, column, vectors[:, None].to(state.latents.dtype))
+    else:
+        thinking = torch.zeros_like(finished)
+    state.finished.copy_(finished)
+    state.tokens.index_copy_(1, column, tokens[:, None])
+    state.real.index_copy_(1, column, real[:, None])
+    state.thinking.index_copy_(1, column, thinking[:, None])
+    state.logprobs.index_copy_(1, column, logprobs.masked_fill(~real, 0.0)[:, None])
+    return tokens, vectors, thinking
+
+
+def next_inputs(state: DecodeState, spec: StepSpec, embed) -> torch.Tensor:
+    """Sample step t, record it, and return the input embedding (B, 1, H) it is fed back as."""
+    tokens, vectors, thinking = sample_into(state, spec, embed)
+    token_embeds = embed(tokens[:, None])
+    inputs, mean_a = thinking_inputs(spec.mode, spec.gate, token_embeds,
+                                     None if vectors is None else vectors[:, None], thinking[:, None])
+    state.gate_mean.index_copy_(1, state.step.view(1), mean_a)
+    return inputs.to(token_embeds.dtype)
+
+
+def step_inputs(state: DecodeState, spec: StepSpec, modules: Modules):
+    """The start of step t: sample, record and build its input (:func:`next_inputs`), mark its cache slot P + t
+    valid, and RoPE at its position. Returns (inputs (B, 1, H), slot (1,), cos, sin (B, 1, D))."""
+    inputs = next_inputs(state, spec, modules.embed)
+    slot = (state.prompt_len + state.step).view(1)
+    state.valid.index_fill_(1, slot, True)
+    cos, sin = modules.rotary(inputs, state.positions)
+    return inputs, slot, cos, sin
+
+
+def step_outputs(state: DecodeState, x, delta, weights: DecodeWeights) -> None:
+    """The end of step t: the next logits and hidden state from the layers' output, and t + 1."""
+    logits, hidden = last_logits(x, delta, weights)
+    state.logits.copy_(logits)
+    state.hidden.copy_(hidden)
+    state.positions.add_(1)
+    state.step.add_(1)
+
+
+def decode_step(state: DecodeState, spec: StepSpec, weights: DecodeWeights, modules: Modules, layer_fn,
+                start=step_inputs, finish=step_outputs, attend: int | None = None) -> None:
+    """One full step t: sample, record, build the next input (gated in the thinking span), forward it,
+    attending over the first ``attend`` cache slots (default all; must cover slot P + t). ``layer_fn``,
+    ``start`` and ``finish`` may be compiled versions of :func:`decoder_layer`, :func:`step_inputs` and
+    :func:`step_outputs`."""
+    inputs, slot, cos, sin = start(state, spec, modules)
+    x, delta = decoder_layers(inputs, cos, sin, slot, state.valid[:, None, None, :attend], weights, state.kv,
+                              modules.act, layer_fn)
+    finish(state, x, delta, weights)
+
+
+def prefill(state: DecodeState, prompt_ids, prompt_mask, group: int, weights: DecodeWeights,
+            modules: Modules, layer_fn=decoder_layer) -> None:
+    """Run the prompts (B, P) once per distinct prompt (rows in runs of ``group``), fill cache slots [0, P),
+    the validity mask, the first logits and positions (``layer_fn``: see :func:`prefill_layer`)."""
+    batch, length = prompt_ids.shape
+    rows = slice(None, None, group)
+    ids, mask = prompt_ids[rows], prompt_mask[rows].bool()
+    positions = position_ids_from_mask(mask)
+    n, device = ids.shape[0], ids.device
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    attend = (causal[None] & mask[:, None, :]) | torch.eye(length, dtype=torch.bool, device=device)[None]
+    kv_shape = (2, n, weights.num_kv_heads, length, weights.head_dim)
+    prompt_kv = [torch.empty(kv_shape, dtype=state.kv[0].dtype, device=device) for _ in weights.tensors]
+    slots = torch.arange(length, device=device)
+    logits, hidden = forward(modules.embed(ids), positions, slots, attend[:, None], weights, modules, prompt_kv,
+                             layer_fn)
+    for cache, fresh in zip(state.kv, prompt_kv):
+        grouped = cache.view(2, n, group, *cache.shape[2:])  # rows of one prompt side by side
+        grouped[..., :length, :].copy_(fresh[:, :, None])
+        cache[..., length:, :].zero_()
+    state.valid.zero_()
+    state.valid[:, :length].copy_(prompt_mask.bool())
+    state.logits.copy_(logits.repeat_interleave(group, dim=0))
+    state.hidden.copy_(hidden.repeat_interleave(group, dim=0))
+    state.positions.copy_(positions[:, -1:].repeat_interleave(group, dim=0) + 1)
+    state.prompt_len.fill_(length)
+
+
+def reset_outputs(state: DecodeState, row_seeds: torch.Tensor) -> None:
+    state.step.zero_()
+    state.row_seeds.copy_(row_seeds)
+    state.finished.zero_()
+    state.marker_state.zero_()
+    for t in (state.tokens, state.real, state.thinking, state.logprobs):
+        t.zero_()
+    state.gate_mean.fill_(1.0)
+    if state.latents is not None:
+        state.latents.zero_()
+
+
+def _finished_probe(finished: torch.Tensor):
+    """Start copying "every row finished" to the host behind the work queued so far; returns what
+    :func:`_probe_answer` reads (on CUDA without waiting for the work queued later)."""
+    if not finished.is_cuda:
+        return bool(finished.all()), None
+    flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+    flag.copy_(finished.all(), non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return flag, event
+
+
+def _probe_answer(probe) -> bool:
+    flag, event = probe
+    if event is not None:
+        event.synchronize()
+    return bool(flag)
+
+
+def run_steps(state: DecodeState, spec: StepSpec, modules: Modules, step_fn, sync_every: int,
+              check_lag: int = 0, last_fn=None) -> None:
+    """Run ``step_fn(t)`` (one :func:`decode_step`) for t < N - 1, then sample the last column (never fed back;
+    ``last_fn()`` if given, else :func:`sample_into`) unless every row finished. Every ``sync_every`` steps the
+    loop asks whether every row finished and stops on the answer to the question asked ``check_lag`` checks
+    earlier: with a lag the host waits only for work queued that long ago, so the GPU always has the next steps
+    queued (the extra steps are masked)."""
+    probes = []
+    for t in range(spec.max_new - 1):
+        step_fn(t)
+        if (t + 1) % sync_every == 0:
+            probes.append(_finished_probe(state.finished))
+            if len(probes) > check_lag and _probe_answer(probes[-1 - check_lag]):
+                return
+    if bool(state.finished.all()):
+        return
+    if last_fn is None:
+        sample_into(state, spec, modules.embed)
+    else:
+        last_fn()
+
+
+def collect_rollout(state: DecodeState, prompt_ids, prompt_mask) -> Rollout:
+    """Trim the output buffers to the columns the eager loop would have produced (it stops once all rows end)."""
+    real = state.real
+    columns = int(real.sum(dim=1).max()) if bool(state.finished.all()) else real.shape[1]
+    cut = slice(0, columns)
+    return Rollout(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        completion_ids=state.tokens[:, cut].clone(),
+        completion_mask=real[:, cut].clone(),
+        thinking_mask=state.thinking[:, cut].clone(),
+        latents=None if state.latents is None else state.latents[:, cut].clone(),
+        logprobs=state.logprobs[:, cut].clone(),
+        gate_mean=state.gate_mean[:, cut].clone(),
+    )
