@@ -91,6 +91,39 @@ def test_fused_projections_match_the_lora_modules(lora_model):
     assert not parts.lora_a and torch.equal(parts.weight, attn.q_proj.base_layer.weight)
 
 
+def test_merged_lora_projections_match_the_lora_modules(lora_model):
+    """On a CPU in fp32 the static engine merges LoRA into the fused weights: one GEMM per projection, equal to
+    peft's unmerged arithmetic up to fp32 rounding; bf16 weights are refused (the update would round away)."""
+    from hrpo.engines.weights import merged
+
+    mlp = lora_model.get_base_model().get_decoder().layers[1].mlp
+    x = torch.randn(4, mlp.gate_proj.in_features)
+    parts = [linear_parts(m) for m in (mlp.gate_proj, mlp.up_proj)]
+    assert all(p.lora_a for p in parts)
+    w = fuse([merged(p) for p in parts], "gate_up")
+    assert w["gate_up_lora_b"] is None and w["gate_up"].shape[0] == 2 * mlp.gate_proj.out_features
+    expected = torch.cat([mlp.gate_proj(x), mlp.up_proj(x)], dim=-1)
+    update = expected - torch.cat([mlp.gate_proj.base_layer(x), mlp.up_proj.base_layer(x)], dim=-1)
+    assert update.abs().max() > 1e-3  # the adapters change the output: the merge has something to keep
+    torch.testing.assert_close(project(x, w, "gate_up"), expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="float32"):
+        bf16 = parts[0]
+        merged(type(bf16)(bf16.weight.bfloat16(), None, [a.bfloat16() for a in bf16.lora_a],
+                          [b.bfloat16() for b in bf16.lora_b], bf16.scales))
+
+
+@pytest.mark.parametrize("merge", [True, False], ids=["merged", "unmerged"])
+def test_static_engine_equals_eager_with_lora_merged_or_not(lora_model, tokenizer, monkeypatch, merge):
+    from hrpo.engines import static
+    from hrpo.engines.options import OPTIONS
+
+    monkeypatch.setattr(OPTIONS, "merge_lora_on_cpu", merge)
+    assert static.merge_lora_here(lora_model) is merge
+    sampling = SamplingConfig(max_new_tokens=10, temperature=1.0, top_k=50)
+    assert_same_rollout(_run(lora_model, tokenizer, "hybrid", sampling, [2], "eager"),
+                        _run(lora_model, tokenizer, "hybrid", sampling, [2], "static"))
+
+
 @pytest.mark.parametrize("adapter_dtype", [torch.bfloat16, torch.float32])
 def test_lora_path_survives_bf16(tokenizer, adapter_dtype):
     """A LoRA update far below bf16's rounding step of the base weights still changes the projection, as much

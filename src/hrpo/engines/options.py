@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass
 class GraphOptions:
-    """How the CUDA-graph engine builds its step (module-level :data:`OPTIONS`; benchmarks compare variants)."""
+    """How the fast engines build their step (module-level :data:`OPTIONS`; benchmarks compare variants)."""
 
     # decode-step attention: auto (the split-KV Triton kernel of hrpo.decode_attention on CUDA, else sdpa),
     # triton, sdpa (F.scaled_dot_product_attention) or matmul (two matmuls + fp32 softmax); prefill uses sdpa
@@ -18,6 +18,9 @@ class GraphOptions:
     compile_mode: str | None = None  # torch.compile mode, e.g. "max-autotune-no-cudagraphs"
     compile_backend: str = "inductor"  # torch.compile backend ("aot_eager": traced, run as aten ops; for tests)
     concatenate_gate: bool = True  # the hybrid gate's two fp32 projections as one GEMM (see ConcatenatedGate)
+    # the static engine on a CPU with fp32 weights: LoRA merged into the fused weights for the rollout (one GEMM per
+    # projection, no epilogue; see hrpo.engines.weights.merged); False keeps the adapters unmerged as on CUDA
+    merge_lora_on_cpu: bool = True
 
 
 OPTIONS = GraphOptions()

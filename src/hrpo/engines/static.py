@@ -17,10 +17,17 @@ from ..sampling import MarkerMatcher, Rollout, SamplingConfig, rollout_setup, ro
 from .graph import CHECK_LAG, SYNC_EVERY, captured_engine
 from .layers import decoder_layer, model_modules
 from .state import StepSpec, allocate_state, collect_rollout, decode_step, prefill, reset_outputs, run_steps
-from .weights import decode_weights, step_gate
+from .options import OPTIONS
+from .weights import decode_weights, step_gate, weights_signature
 
 
 CACHE_BUCKET = 128  # cache lengths are rounded up to a multiple of this, so one graph serves many prompt lengths
+
+
+def merge_lora_here(model) -> bool:
+    """Whether the static engine merges LoRA for this rollout: fp32 weights on a CPU (see :data:`OPTIONS`)."""
+    return OPTIONS.merge_lora_on_cpu and all(dtype == torch.float32 and device.type == "cpu"
+                                             for _, dtype, device, _, _ in weights_signature(model))
 
 
 def _bucket(length: int) -> int:
@@ -57,7 +64,7 @@ def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sa
         sync_every, check_lag = sync_every or SYNC_EVERY, CHECK_LAG if check_lag is None else check_lag
         layer_fn, last_fn = captured.prefill_layer, captured.last.replay
     else:
-        weights = decode_weights(model)
+        weights = decode_weights(model, merge_lora=merge_lora_here(model))
         spec = replace(spec, gate=step_gate(spec.gate))
         state = allocate_state(weights, batch, length + max_new, max_new, modules.embed.weight.shape[1],
                                weights.lm_head.shape[0], mode != "discrete", modules.embed.weight.dtype, device)

@@ -219,13 +219,32 @@ def weights_signature(model) -> tuple:
     return tuple(signature)
 
 
-def decode_weights(model, into: DecodeWeights | None = None) -> DecodeWeights:
+def merged(parts: LinearParts) -> LinearParts:
+    """``parts`` with its LoRA updates merged into a new weight, W + sum_a s_a B_a A_a (no adapter left).
+
+    Only for fp32 weights: there the merge changes an output by fp32 rounding (~1e-7 of it), while in bf16 most of
+    a LoRA-sized update would round away (see :func:`linear_parts`)."""
+    if not parts.lora_a:
+        return parts
+    if parts.weight.dtype != torch.float32:
+        raise ValueError(f"LoRA is merged only into float32 weights, not {parts.weight.dtype}")
+    weight = parts.weight
+    for a, b, scale in zip(parts.lora_a, parts.lora_b, parts.scales):
+        weight = torch.addmm(weight, b, a, alpha=scale)
+    return LinearParts(weight, parts.bias)
+
+
+def decode_weights(model, into: DecodeWeights | None = None, merge_lora: bool = False) -> DecodeWeights:
     """Fused copies of ``model``'s decoder weights, with the active LoRA adapters kept unmerged (see :func:`fuse`).
 
     ``into``: the result of an earlier call on a model of the same :func:`weights_signature`; the current
     weights are written into its tensors in place (what a captured CUDA graph reads; all copies in a few
-    multi-tensor ops) and it is returned.
+    multi-tensor ops) and it is returned. ``merge_lora``: fp32 weights only; merge the adapters into the fused
+    weights instead (see :func:`merged`): one GEMM per projection and no LoRA epilogue, which on a CPU, where a
+    decode step's small GEMMs read their weights from memory, saves the epilogue's reads and calls.
     """
+    if merge_lora and into is not None:
+        raise ValueError("merge_lora builds new tensors; it cannot write into captured ones")
     base = base_model(model)
     decoder, config = base.get_decoder(), base.config
     layers, copies = [], []
@@ -235,7 +254,8 @@ def decode_weights(model, into: DecodeWeights | None = None) -> DecodeWeights:
         fused = {}
         for name, modules in (("qkv", (attn.q_proj, attn.k_proj, attn.v_proj)), ("o", (attn.o_proj,)),
                               ("gate_up", (mlp.gate_proj, mlp.up_proj)), ("down", (mlp.down_proj,))):
-            fused.update(fuse([linear_parts(m) for m in modules], name, old, copies))
+            parts = [linear_parts(m) for m in modules]
+            fused.update(fuse([merged(p) for p in parts] if merge_lora else parts, name, old, copies))
         plain = {"input_norm": layer.input_layernorm.weight.detach(),
                  "post_norm": layer.post_attention_layernorm.weight.detach(),
                  "q_norm": attn.q_norm.weight.detach() if hasattr(attn, "q_norm") else None,
