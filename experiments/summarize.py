@@ -1,45 +1,64 @@
-"""Mean and spread over seeds per mode, from the run directories of experiments/modes.sh. Prints Markdown."""
+"""Mean and spread over seeds per group of runs (by default their mode), from the run directories of
+experiments/modes.sh or experiments/baselines.sh. Prints Markdown.
 
+    python experiments/summarize.py runs/modes
+    python experiments/summarize.py runs/baselines --by run_name --order sft,sft_grpo,ppo,grpo,hrpo,hrpo_k2 --window 3
+"""
+
+import argparse
+import json
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 
-from hrpo.compare import compare_runs
+from hrpo.compare import compare_runs, load_run
 
-KEYS = [("reward_first10", "reward, first 10 steps"), ("reward_final", "reward, last 10 steps"),
-        ("eval/arithmetic/accuracy_last", "greedy accuracy (100 test)"), ("hidden_ratio_final", "hidden ratio"),
-        ("length_first10", "length, first 10"), ("length_last10", "length, last 10"), ("kl_final", "KL, final")]
+MODES = ("hybrid", "discrete", "latent", "hidden")
 
 
-def main(out: str) -> None:
+def keys(window: int) -> list[tuple[str, str]]:
+    return [("reward_first", f"reward, first {window} steps"), ("reward_last", f"reward, last {window} steps"),
+            ("eval/arithmetic/accuracy_last", "greedy accuracy (100 test)"), ("hidden_ratio_final", "hidden ratio"),
+            ("length_first10", "length, first 10"), ("length_last10", "length, last 10"), ("kl_final", "KL, final"),
+            ("step_s", "step time (s)")]
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def main(out: str, by: str = "mode", order: list[str] | None = None, window: int = 10) -> None:
     runs = sorted(p for p in Path(out).iterdir() if (p / "metrics.jsonl").is_file())
     rows = compare_runs(runs)
-    for row, run in zip(rows, runs):  # reward of the first 10 steps, for the learning delta
-        import json
-
+    groups = defaultdict(list)
+    for row, run in zip(rows, runs):
         lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        row["reward_first10"] = statistics.mean(m["reward"] for m in lines[:10])
-    by_mode = defaultdict(list)
-    for row in rows:
-        by_mode[row["mode"]].append(row)
-    print("| mode | seeds | " + " | ".join(label for _, label in KEYS) + " |")
-    print("|---" * (len(KEYS) + 2) + "|")
-    for mode in ("hybrid", "discrete", "latent", "hidden"):
-        group = by_mode.get(mode, [])
-        if not group:
-            continue
-        cells = []
-        for key, _ in KEYS:
-            values = [r[key] for r in group if r.get(key) is not None]
-            if not values:
-                cells.append("-")
-            elif len(values) == 1:
-                cells.append(f"{values[0]:.3f}")
-            else:
-                cells.append(f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}")
-        print(f"| {mode} | {len(group)} | " + " | ".join(cells) + " |")
+        rewards = [m["reward"] for m in lines if "reward" in m]
+        if rewards:  # the learning delta (RL runs only; an SFT run has no reward)
+            row["reward_first"] = statistics.mean(rewards[:window])
+            row["reward_last"] = statistics.mean(rewards[-window:])
+        steps = [m["timing/step_s"] for m in lines if "timing/step_s" in m]
+        row["step_s"] = statistics.mean(steps) if steps else None
+        groups[str(row["mode"] if by == "mode" else load_run(run).config.get(by))].append(row)
+    columns = keys(window)
+    print(f"| {by} | seeds | " + " | ".join(label for _, label in columns) + " |")
+    print("|---" * (len(columns) + 2) + "|")
+    for name in order or (MODES if by == "mode" else sorted(groups)):
+        group = groups.get(name, [])
+        if group:
+            cells = [_cell([r[key] for r in group if r.get(key) is not None]) for key, _ in columns]
+            print(f"| {name} | {len(group)} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="directory holding the run directories")
+    parser.add_argument("--by", default="mode", help="config key that groups runs (default: mode)")
+    parser.add_argument("--order", default=None, help="comma list of group names, in table order")
+    parser.add_argument("--window", type=int, default=10, help="steps averaged for the first/last reward")
+    args = parser.parse_args()
+    main(args.out, args.by, args.order.split(",") if args.order else None, args.window)

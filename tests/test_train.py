@@ -1,5 +1,6 @@
 """One training step updates what it should (and nothing else); resume is exact."""
 
+import pytest
 import torch
 
 from helpers import register, tiny_train_args
@@ -73,12 +74,22 @@ def test_metrics_have_trl_names_and_hrpo_extras(tmp_path, tiny_model_dirs):
 def _final_state(run_dir):
     from safetensors.torch import load_file
 
-    return {**load_file(str(run_dir / "checkpoint-4" / "adapter_model.safetensors")),
-            **load_file(str(run_dir / "checkpoint-4" / "gate.safetensors"))}
+    state = {**load_file(str(run_dir / "checkpoint-4" / "adapter_model.safetensors")),
+             **load_file(str(run_dir / "checkpoint-4" / "gate.safetensors"))}
+    if (run_dir / "checkpoint-4" / "value_head.safetensors").is_file():
+        state.update({f"value.{k}": v for k, v in
+                      load_file(str(run_dir / "checkpoint-4" / "value_head.safetensors")).items()})
+    optimizer = torch.load(run_dir / "checkpoint-4" / "trainer_state.pt", weights_only=True)["optimizer"]
+    for i, moments in optimizer["state"].items():
+        state.update({f"adam.{i}.{k}": v for k, v in moments.items()})
+    return state
 
 
-def test_resume_is_exact(tmp_path, tiny_model_dirs):
-    base = tiny_train_args(tiny_model_dirs["llama"], tmp_path / "straight", steps=4)
+# PPO: a value head and its optimizer state; one epoch of two mini-batches (two updates per step)
+@pytest.mark.parametrize("algo", [{}, {"algo": "ppo", "num_iterations": 1, "num_mini_batches": 2,
+                                       "value_lr": 1e-2}], ids=["grpo", "ppo"])
+def test_resume_is_exact(tmp_path, tiny_model_dirs, algo):
+    base = {**tiny_train_args(tiny_model_dirs["llama"], tmp_path / "straight", steps=4), **algo}
     straight = train(build_config(cli_values=base), quiet=True)
     split_args = {**base, "output_dir": str(tmp_path / "split")}
     split = train(build_config(cli_values=split_args), quiet=True, stop_at=2)  # "interrupted" after step 2
@@ -87,7 +98,7 @@ def test_resume_is_exact(tmp_path, tiny_model_dirs):
 
     train(resume_config(split, {}), resume=split, quiet=True)
     a, b = _final_state(straight), _final_state(split)
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and ("value.linear.weight" in a) == bool(algo)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     lines_a = (straight / "metrics.jsonl").read_text().splitlines()
@@ -98,6 +109,7 @@ def test_resume_is_exact(tmp_path, tiny_model_dirs):
     for la, lb in zip(lines_a, lines_b):
         ma, mb = json.loads(la), json.loads(lb)
         assert ma["reward"] == mb["reward"] and ma["loss"] == mb["loss"]
+        assert ma.get("loss/value") == mb.get("loss/value")
 
 
 def test_periodic_eval_logs_accuracy(tmp_path, tiny_model_dirs):

@@ -1,4 +1,5 @@
-"""Checkpoints: LoRA adapter (PEFT format), gate (safetensors), optimiser/scheduler/RNG state and step.
+"""Checkpoints: LoRA adapter (PEFT format), gate and PPO's value head (safetensors), optimiser/scheduler/RNG
+state and step.
 
 A checkpoint is written under a temporary name (``.tmp-checkpoint-N``), its files flushed to disk, and renamed
 into place, so a crash or ``kill -9`` at any moment never leaves a directory called ``checkpoint-N`` that is
@@ -16,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from .errors import NonFiniteError
 from .gate import HybridGate
@@ -26,6 +27,9 @@ from .run_files import checkpoint_step, list_checkpoints, newest_checkpoint  # n
 
 STATE_FILE = "trainer_state.pt"
 ADAPTER_FILE = "adapter_model.safetensors"
+VALUE_FILE = "value_head.safetensors"  # PPO's value head (hrpo.ppo.ValueHead)
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint or run directory is missing or not ours; the message names the path."""
 
@@ -51,11 +55,14 @@ def nonfinite_parameters(named: Sequence[tuple[str, torch.Tensor]]) -> list[str]
     return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all())]
 
 
-def check_finite(step: int, model, gate: HybridGate | None, run_dir: Path | None = None) -> None:
-    """Raise NonFiniteError when a trainable parameter (LoRA, gate) holds NaN or inf: never save such a state."""
+def check_finite(step: int, model, gate: HybridGate | None, run_dir: Path | None = None, value_head=None) -> None:
+    """Raise NonFiniteError when a trainable parameter (LoRA, gate, value head) holds NaN or inf: never save such
+    a state."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if gate is not None:
         named += [(f"gate.{n}", p) for n, p in gate.named_parameters()]
+    if value_head is not None:
+        named += [(f"value_head.{n}", p) for n, p in value_head.named_parameters()]
     bad = nonfinite_parameters(named)
     if bad:
         last = list_checkpoints(run_dir) if run_dir is not None else []
@@ -101,11 +108,11 @@ def _clean_leftovers(run_dir: Path) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, gate: HybridGate | None, optimizer, scheduler,
-                    keep: int = 0) -> Path:
+                    keep: int = 0, value_head=None) -> Path:
     """Write ``run_dir/checkpoint-{step}`` atomically; keep the newest ``keep`` checkpoints (0 = all).
     Raises NonFiniteError (and writes nothing) when a trainable parameter is not finite."""
     run_dir = Path(run_dir)
-    check_finite(step, model, gate, run_dir)
+    check_finite(step, model, gate, run_dir, value_head)
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".tmp-checkpoint-{step}"
     _clean_leftovers(run_dir)
@@ -113,6 +120,9 @@ def save_checkpoint(run_dir: Path, step: int, model, gate: HybridGate | None, op
     model.save_pretrained(tmp)
     if gate is not None:
         save_gate(gate, tmp)
+    if value_head is not None:
+        weights = {k: v.detach().cpu().contiguous() for k, v in value_head.state_dict().items()}
+        save_file(weights, str(tmp / VALUE_FILE))
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": rng_state()}, tmp / STATE_FILE)
     _fsync_tree(tmp)
@@ -173,12 +183,15 @@ def load_adapter_weights(model, checkpoint: Path) -> None:
         raise CheckpointError(f"{checkpoint}: adapter has weights this model does not: {unexpected[:3]}")
 
 
-def load_checkpoint(checkpoint: Path, model, gate: HybridGate | None, optimizer, scheduler) -> int:
+def load_checkpoint(checkpoint: Path, model, gate: HybridGate | None, optimizer, scheduler,
+                    value_head=None) -> int:
     """Restore everything :func:`save_checkpoint` wrote; returns the step. Only safetensors and
     ``torch.load(weights_only=True)`` are used, so a checkpoint file cannot run code."""
     from .models import ModelLoadError
 
     load_adapter_weights(model, checkpoint)
+    if value_head is not None:
+        _load_value_head(value_head, checkpoint)
     if gate is not None:
         if not (checkpoint / GATE_FILE).is_file():
             raise CheckpointError(f"{checkpoint} has no {GATE_FILE} (was it trained with --mode discrete?)")
@@ -217,3 +230,31 @@ def _check_optimizer_fits(path: Path, saved: dict, optimizer) -> None:
                               f"sizes {saved_sizes}, this run has {sizes} ({', '.join(names)}). It was saved by "
                               f"a run with another mode (hybrid has a gate, discrete/latent/hidden do not), LoRA "
                               f"rank or model; resume with that run's own config.yaml")
+
+
+def _load_value_head(value_head, checkpoint: Path) -> None:
+    path = checkpoint / VALUE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{checkpoint} has no {VALUE_FILE}: it was not trained with --algo ppo")
+    try:
+        weights = load_file(str(path))
+        device = next(value_head.parameters()).device
+        value_head.load_state_dict({k: v.to(device) for k, v in weights.items()})
+    except Exception as exc:  # noqa: BLE001 - damaged, or a head of another hidden size
+        raise _unreadable(path, exc) from None
+
+
+def load_initial_weights(path: str | Path, model, gate: HybridGate | None = None) -> Path:
+    """``hrpo train --init-adapter RUN``: copy the LoRA weights of RUN's newest checkpoint (or of the checkpoint
+    ``path``) into ``model`` (same base model and LoRA rank), and its gate into ``gate`` when both have one.
+    Optimizer state, step and value head start fresh. Returns the checkpoint used."""
+    checkpoint = find_checkpoint(path)
+    load_adapter_weights(model, checkpoint)
+    if gate is not None and (checkpoint / GATE_FILE).is_file():
+        from .models import ModelLoadError
+
+        try:
+            load_gate(gate, checkpoint)
+        except ModelLoadError as exc:
+            raise CheckpointError(str(exc)) from None
+    return checkpoint

@@ -97,13 +97,23 @@ def _preset_text() -> str:
                      if getattr(defaults, k) != v)
 
 
-def _train_parser(sub) -> None:
-    p = sub.add_parser("train", help="Train with HRPO (or the GRPO baseline with --mode discrete).",
-                       description="Train a causal LM with HRPO. With no arguments: the embedded "
-                                   "SmolLM2-135M-Instruct on the embedded arithmetic task (~13 min on 2 CPU cores). "
-                                   "The defaults below are the paper's; with --model embedded (the default) the "
-                                   f"quick-start preset replaces some: {_preset_text()}.",
-                       formatter_class=_DefaultsHelpFormatter)
+def _train_parser(sub, sft: bool = False) -> None:
+    if sft:  # the same flags and run directory; algo sft, mode discrete (docs/baselines.md)
+        p = sub.add_parser("sft", help="Supervised fine-tuning of LoRA on the task's gold solutions (the SFT "
+                                       "baseline; start RL from it with hrpo train --init-adapter RUN).",
+                           description="hrpo train --algo sft --mode discrete: teacher forcing on each training "
+                                       "example's gold solution (reasoning, marker, answer) in the prompt format "
+                                       "RL uses, loss on completion tokens only. Same run directory, metrics, "
+                                       "checkpoints, --resume and plots as hrpo train; --prompts-per-step examples "
+                                       f"per step. With --model embedded the preset applies: {_preset_text()}.",
+                           formatter_class=_DefaultsHelpFormatter)
+    else:
+        p = sub.add_parser("train", help="Train with HRPO (or the GRPO baseline with --mode discrete).",
+                           description="Train a causal LM with HRPO. With no arguments: the embedded "
+                                       "SmolLM2-135M-Instruct on the embedded arithmetic task (~13 min on 2 CPU "
+                                       "cores). The defaults below are the paper's; with --model embedded (the "
+                                       f"default) the quick-start preset replaces some: {_preset_text()}.",
+                           formatter_class=_DefaultsHelpFormatter)
     p.add_argument("--config", metavar="FILE", help="YAML file of config keys (CLI flags override it).")
     p.add_argument("--resume", metavar="RUN_DIR", help="Continue the run in RUN_DIR from its last checkpoint.")
     p.add_argument("--quiet", action="store_true", help="No progress bar or messages.")
@@ -251,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "learning (HRPO, arXiv 2505.18454).")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
+    _train_parser(sub, sft=True)
     _generate_parser(sub)
     _eval_parser(sub)
     _plot_parser(sub)
@@ -268,6 +279,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .trainer import resume_config, train
 
     overrides = _cli_values(args)
+    if args.command == "sft":  # resuming another algorithm's run with hrpo sft is refused by resume_config
+        overrides.setdefault("algo", "sft")
+        if not args.resume:
+            overrides.setdefault("mode", "discrete")
     if args.resume:
         cfg = resume_config(args.resume, overrides)
     else:
@@ -431,7 +446,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "generate", "eval"):
+    if args.command in ("train", "sft", "generate", "eval"):
         from .progress import quiet_libraries
 
         quiet_libraries()
@@ -440,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     from .models import ModelLoadError
 
     try:
-        return {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "plot": cmd_plot,
+        return {"train": cmd_train, "sft": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "plot": cmd_plot,
                 "compare": cmd_compare, "bench": cmd_bench}[args.command](args)
     except (ConfigError, ModelLoadError, CheckpointError) as exc:
         print(f"hrpo {args.command}: error: {exc}", file=sys.stderr)

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from .algo import ALGOS, check_algo
+
 EMBEDDED_MODEL = "embedded"
 MODES = ("hybrid", "discrete", "latent", "hidden")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -65,7 +67,28 @@ class TrainConfig:
     logprob_temperature: float | None = _f(
         None, "Temperature of training log-probs (default: the sampling temperature; 1.0 = reference code).")
     # objective
-    beta: float = _f(0.005, "Weight of the k3 KL penalty to the reference (LoRA disabled) model.")
+    beta: float = _f(0.005, "Weight of the KL penalty to the reference (LoRA disabled) model: k3 in the loss (grpo), "
+                            "k1 per token in the reward (ppo).")
+    algo: str = _f("grpo", "grpo: group advantages, KL in the loss (HRPO in hybrid mode, GRPO in discrete); ppo: value "
+                           "head, GAE, KL in the reward; sft: supervised on gold solutions (hrpo sft). "
+                           "docs/baselines.md.", choices=ALGOS)
+    num_iterations: int | None = _f(None, "Epochs (updates) per rollout batch, the ratio clipped against the batch's "
+                                          "old log-probs (default: 1 for grpo, strictly on-policy; 4 for ppo).")
+    num_mini_batches: int = _f(1, "Mini-batches per epoch, one optimizer update each (must divide the step's "
+                                  "prompts_per_step x group_size sequences).")
+    epsilon: float = _f(0.2, "Policy ratio clipped to [1 - epsilon, 1 + epsilon_high] (binds with several updates "
+                             "per batch).")
+    epsilon_high: float | None = _f(None, "Upper clip of the ratio (default: epsilon; DAPO's clip-higher: 0.28).")
+    tis_cap: float | None = _f(None, "Truncated importance sampling: weight each token by min(pi_trainer / "
+                                     "pi_rollout, TIS_CAP), e.g. 2 (default: off).")
+    gamma: float = _f(1.0, "ppo: GAE discount.")
+    lam: float = _f(0.95, "ppo: GAE lambda.")
+    vf_coef: float = _f(0.1, "ppo: weight of the value loss.")
+    cliprange_value: float = _f(0.2, "ppo: the value prediction clipped to its old value +- this.")
+    value_lr: float = _f(1e-4, "ppo: learning rate of the value head.")
+    init_adapter: str | None = _f(None, "Start from the LoRA (and gate) of another run or checkpoint, e.g. of "
+                                        "hrpo sft (same model and lora_r; optimizer and step start fresh).")
+    run_name: str | None = _f(None, "A free label kept in config.yaml (hrpo plot --group-by run_name).")
     # optimiser
     lr: float = _f(5e-6, "Learning rate of the LoRA parameters.")
     gate_lr: float = _f(1e-4, "Learning rate of gate_r and gate_i.")
@@ -258,6 +281,7 @@ def validate(cfg: TrainConfig) -> None:
         bad("max_nonfinite_steps", "must be >= 0 (0 = never stop)")
     if cfg.reward_timeout < 0:
         bad("reward_timeout", "must be >= 0 seconds (0 = no limit)")
+    check_algo(cfg, bad)
     _validate_generic(cfg, bad)
 
 

@@ -6,11 +6,14 @@ Per completion token t of sequence i (strictly on-policy, one update per rollout
     k3      = exp(ref - logp) - (ref - logp) - 1
     A_i     = (r_i - mean_g) / (std_g + 1e-4)        (unbiased std within the group of G completions)
 
-then the mean over each sequence's completion tokens, then the mean over sequences.
+then the mean over each sequence's completion tokens, then the mean over sequences. With several updates per
+rollout batch (``num_iterations``, PPO) :func:`clipped_loss` replaces the ratio exp(logp - stopgrad(logp)) by
+the clipped ratio to the batch's old log-probs; with the old log-probs = stopgrad(logp) it is this loss exactly.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -68,7 +71,7 @@ def _cache_disabled(model) -> bool:
 
 
 def completion_logprobs(model, rollout: Rollout, inputs_embeds: torch.Tensor, temperature: float,
-                        group_size: int = 1) -> torch.Tensor:
+                        group_size: int = 1, hidden: list | None = None) -> torch.Tensor:
     """Log-probs (B, C) fp32 of the completion tokens under ``model`` fed ``inputs_embeds`` (B, P + C, H).
 
     One parallel forward with the rollout's attention mask and position ids; logits only for completion
@@ -76,7 +79,19 @@ def completion_logprobs(model, rollout: Rollout, inputs_embeds: torch.Tensor, te
     ``group_size`` G > 1 and rows in runs of G identical prompts, each prompt is run once and its KV cache
     (with its autograd graph) shared by the G completions: the same values at about 1/G of the prompt cost.
     Under gradient checkpointing in training mode (no KV cache) every row runs the full forward instead.
+    With a list ``hidden``, also appends the (B, C, H) last hidden states (the LM head's inputs, with their
+    graph) at the positions whose logits predict the completion tokens: what a value head reads (hrpo.value).
     """
+    if hidden is not None:
+        with _lm_head_inputs(model) as captured:
+            logprobs = completion_logprobs(model, rollout, inputs_embeds, temperature, group_size)
+        width = rollout.completion_ids.shape[1]
+        if captured[-1].shape[1] == width + 1:  # the full forward: logits_to_keep = C + 1
+            hidden.append(captured[-1][:, :-1])
+        else:  # the shared prompt: its last position (once per group), then the completion positions
+            first = captured[-2][:, -1:].repeat_interleave(group_size, dim=0)
+            hidden.append(torch.cat([first, captured[-1][:, :-1]], dim=1))
+        return logprobs
     attention_mask = rollout.attention_mask
     positions = position_ids_from_mask(attention_mask)
     prompt_len, completion_len = rollout.prompt_ids.shape[1], rollout.completion_ids.shape[1]
@@ -106,6 +121,17 @@ def completion_logprobs(model, rollout: Rollout, inputs_embeds: torch.Tensor, te
         target = rollout.completion_ids[i]
         rows.append(scores.gather(-1, target[:, None]).squeeze(-1) - torch.logsumexp(scores, dim=-1))
     return torch.stack(rows)
+
+
+@contextmanager
+def _lm_head_inputs(model):
+    """Collect the inputs of every call of ``model``'s output embedding (LM head) inside the block."""
+    captured: list[torch.Tensor] = []
+    handle = model.get_output_embeddings().register_forward_pre_hook(lambda _, args: captured.append(args[0]))
+    try:
+        yield captured
+    finally:
+        handle.remove()
 
 
 @dataclass
@@ -138,3 +164,66 @@ def hrpo_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None, advanta
     stats = LossStats(policy_loss_sum=float(per_seq_policy.detach().sum()),
                       kl_sum=float(per_seq_kl.detach().sum()), num_sequences=logprobs.shape[0])
     return loss, stats
+
+
+@dataclass
+class ClippedLossStats(LossStats):
+    """:class:`LossStats` plus token counts of :func:`clipped_loss` (sums, for exact accumulation): tokens whose
+    ratio was clipped below (ratio < 1 - epsilon with A < 0), above (ratio > 1 + epsilon_high with A > 0), either
+    (the clip binds: TRL's clip_ratio/region_mean, PPO's policy/clipfrac), and the sum of 0.5 (logp - old)^2."""
+
+    low_clipped: float = 0.0
+    high_clipped: float = 0.0
+    region_clipped: float = 0.0
+    approx_kl_sum: float = 0.0
+    num_tokens: float = 0.0
+
+
+def clipped_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
+                 advantages: torch.Tensor, completion_mask: torch.Tensor, beta: float, epsilon: float,
+                 epsilon_high: float | None = None, weights: torch.Tensor | None = None,
+                 num_sequences: int | None = None):
+    """The clipped surrogate of one (micro-)batch, for several updates per rollout batch (GRPO/HRPO with
+    ``num_iterations`` > 1, and PPO's policy loss with ``beta`` = 0).
+
+    Per completion token, with ratio = exp(logp - old) and A the sequence's advantage (B,) or the token's (B, C):
+
+        loss_it = -min(ratio * A, clip(ratio, 1 - epsilon, 1 + epsilon_high) * A) * w_it + beta * k3(ref, logp)
+
+    where ``weights`` w (B, C) are the truncated importance weights (None = 1); aggregated like
+    :func:`hrpo_loss` (per-sequence mean over completion tokens, then sum / ``num_sequences``). With
+    ``old_logprobs`` = ``logprobs.detach()`` and no weights the value and gradient are those of :func:`hrpo_loss`.
+    """
+    epsilon_high = epsilon if epsilon_high is None else epsilon_high
+    mask = completion_mask.float()
+    lengths = mask.sum(dim=1).clamp_min(1.0)
+    adv = (advantages if advantages.dim() == 2 else advantages[:, None]).float()
+    log_ratio = (logprobs - old_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+    clipped = ratio.clamp(1.0 - epsilon, 1.0 + epsilon_high)
+    policy_tok = -torch.minimum(ratio * adv, clipped * adv)
+    if weights is not None:
+        policy_tok = policy_tok * weights
+    kl_tok = k3_kl(ref_logprobs, logprobs) if ref_logprobs is not None else torch.zeros_like(logprobs)
+    per_seq_policy = (policy_tok * mask).sum(dim=1) / lengths
+    per_seq_kl = (kl_tok * mask).sum(dim=1) / lengths
+    loss = (per_seq_policy + beta * per_seq_kl).sum() / (num_sequences or logprobs.shape[0])
+    with torch.no_grad():
+        real = completion_mask.bool()
+        low = (ratio < 1.0 - epsilon) & (adv < 0) & real
+        high = (ratio > 1.0 + epsilon_high) & (adv > 0) & real
+        stats = ClippedLossStats(policy_loss_sum=float(per_seq_policy.sum()), kl_sum=float(per_seq_kl.sum()),
+                                 num_sequences=logprobs.shape[0], low_clipped=float(low.sum()),
+                                 high_clipped=float(high.sum()), region_clipped=float((low | high).sum()),
+                                 approx_kl_sum=float((0.5 * log_ratio.square() * mask).sum()),
+                                 num_tokens=float(mask.sum()))
+    return loss, stats
+
+
+def truncated_importance_weights(trainer_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor,
+                                 cap: float) -> torch.Tensor:
+    """Truncated importance sampling (verl's TIS): min(exp(trainer - sampler), ``cap``) per token, no gradient.
+    Corrects for the rollout engine sampling from a slightly different distribution than the trainer computes
+    (bf16 kernels, a cached decode), so the update stays an estimate for the trainer's own policy."""
+    log_ratio = (trainer_logprobs.detach() - sampler_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return torch.exp(log_ratio).clamp(max=cap)

@@ -33,6 +33,8 @@ CURVES = [
     ("kl", "KL to the reference model (k3)", "kl"),
     ("grad_norm", "Gradient norm (before clipping)", "grad_norm"),
 ]
+# drawn from the runs of one algorithm only (an RL run's loss is ~0 by construction and says little)
+ALGO_CURVES = {"loss": ("sft", "SFT loss (NLL per gold completion token)", "loss")}
 
 
 def smooth(values: list[float], smoothing: int | float = DEFAULT_SMOOTHING) -> list[float]:
@@ -75,7 +77,17 @@ def _curves(runs: list[Run]) -> list[tuple[str, str, str, bool]]:
     tasks = list(dict.fromkeys(t for run in runs for t in run.eval_tasks()))
     evals = [(f"eval/{t}/accuracy", f"Eval accuracy: {t}", "accuracy", False) for t in tasks]
     main = [(key, title, ylabel, True) for key, title, ylabel in CURVES]
+    algos = {run.config.get("algo") for run in runs}
+    main += [(key, title, ylabel, True) for key, (algo, title, ylabel) in ALGO_CURVES.items() if algo in algos]
     return main[:1] + evals + main[1:]
+
+
+def _groups_for(groups: list[tuple[str, list[Run]]], key: str) -> list[tuple[str, list[Run]]]:
+    """``groups`` with only the runs a curve is drawn from (groups kept, possibly empty: colours stay)."""
+    if key not in ALGO_CURVES:
+        return groups
+    return [(name, [run for run in members if run.config.get("algo") == ALGO_CURVES[key][0]])
+            for name, members in groups]
 
 
 class GroupCurve(NamedTuple):
@@ -257,7 +269,7 @@ def plot_runs(run_dirs: list[Path], out_dir: Path, smoothing: int | float = DEFA
     written = []
     for key, title, ylabel, smoothed in _curves(runs):
         path = out_dir / _file_name(key)
-        fig = draw_figure(groups, key, title, ylabel, smoothed, s, band)
+        fig = draw_figure(_groups_for(groups, key), key, title, ylabel, smoothed, s, band)
         if fig is not None:
             _save(fig, path)
             written.append(path)

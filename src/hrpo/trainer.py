@@ -1,7 +1,9 @@
-"""The HRPO training loop: rollout -> reward -> advantages -> reference and policy log-probs -> one update.
+"""The HRPO training loop: rollout -> reward -> advantages -> reference and policy log-probs -> update(s).
 
-Strictly on-policy: every optimizer step samples ``prompts_per_step * group_size`` fresh completions and
-makes exactly one gradient update on them (micro-batched with gradient accumulation).
+By default strictly on-policy: every step samples ``prompts_per_step * group_size`` fresh completions and makes
+exactly one gradient update on them (micro-batched with gradient accumulation). ``num_iterations`` /
+``num_mini_batches`` reuse a batch for several clipped updates and ``algo ppo`` trains with a value head
+(:mod:`hrpo.update`); ``algo sft`` runs the same loop with supervised steps on gold solutions (:mod:`hrpo.sft`).
 """
 
 from __future__ import annotations
@@ -21,22 +23,25 @@ import torch
 
 from . import tasks
 from .checkpoint import (CheckpointError, checkpoint_step, find_checkpoint, list_checkpoints, load_checkpoint,
-                         newest_checkpoint, save_checkpoint)
+                         load_initial_weights, newest_checkpoint, save_checkpoint)
 from .config import ConfigError, TrainConfig, build_config, load_yaml, save_yaml
 from .faults import GracefulStop, NonFiniteGuard, TrainingInterrupted, contained_rewards, oom_guard
-from .distributed import (Prepared, ProcessInfo, any_process, backward, broadcast, check_divisible, gradient_sync,
-                          launched_rank, local_prompts, local_rows, prepare, process_info, reduce_metrics,
-                          wait_for_everyone)
+from .distributed import (ProcessInfo, any_process, broadcast, check_divisible, launched_rank, local_prompts,
+                          local_rows, prepare, process_info, reduce_metrics, wait_for_everyone)
 from .gate import HybridGate, hidden_ratio
-from .models import add_lora, eos_token_ids, load_model, lora_parameters, resolve_device
+from .models import add_lora, eos_token_ids, load_model, resolve_device
+from .optim import apply_optimizer_config, build_optimizer, warmup_cosine  # noqa: F401 - re-exported
 from .plots import write_run_plots
 from .precision import choose_dtype
 from .progress import progress_bar, quiet_libraries
-from .objective import completion_logprobs, group_advantages, hrpo_loss, rollout_inputs_embeds
+from .objective import completion_logprobs, group_advantages, rollout_inputs_embeds
+from .ppo import ValueHead
+from .sft import sft_step
 from .rollout import generate
 from .sampling import Rollout, SamplingConfig, marker_matcher, rollout_row_seeds
 from .text import decode_completions, encode_prompts
 from .trackers import open_tracker
+from .update import micro_batches, update_policy
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -44,7 +49,7 @@ METRICS_FILE = "metrics.jsonl"
 # Keys `hrpo train --resume` cannot change: they shape what the checkpoints hold (base model, LoRA, gate,
 # optimizer groups, precision) or define what the run trains on (task, prompts, data order, batch geometry).
 # Everything else (max_steps, learning rates, sampling, logging, checkpointing, device, ...) may be overridden.
-RESUME_FIXED_KEYS = ("model", "mode", "task", "prompt_format", "marker", "seed", "num_train_examples",
+RESUME_FIXED_KEYS = ("model", "mode", "algo", "task", "prompt_format", "marker", "seed", "num_train_examples",
                      "prompts_per_step", "group_size", "lora_r", "lora_alpha", "r_min", "r_max", "gate_c",
                      "dtype")
 
@@ -70,37 +75,13 @@ class Trainer:
     step: int = 0
     dist: ProcessInfo = field(default_factory=ProcessInfo)
     prepared: object = None  # distributed.Prepared: what the policy-gradient pass calls (DDP-wrapped or not)
+    value_head: torch.nn.Module | None = None  # ppo.ValueHead with --algo ppo
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def warmup_cosine(max_steps: int, warmup_ratio: float):
-    """LR multiplier: linear warm-up over ceil(warmup_ratio * max_steps) steps, then cosine decay to 0."""
-    warmup = math.ceil(warmup_ratio * max_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, max_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def build_optimizer(cfg: TrainConfig, model, gate: HybridGate | None):
-    """AdamW with groups: LoRA (lr), gate_r/gate_i (gate_lr), Lambda (lambda_lr); all with weight decay."""
-    groups = [{"params": [p for _, p in lora_parameters(model)], "lr": cfg.lr, "name": "lora"}]
-    if gate is not None:
-        groups.append({"params": list(gate.gate_r.parameters()) + list(gate.gate_i.parameters()),
-                       "lr": cfg.gate_lr, "name": "gate"})
-        groups.append({"params": [gate.Lambda], "lr": cfg.lambda_lr, "name": "Lambda"})
-    optimizer = torch.optim.AdamW(groups, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.max_steps, cfg.warmup_ratio))
-    return optimizer, scheduler
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -142,14 +123,22 @@ def setup(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Trai
         gate.to(device)
     if cfg.mode != "discrete":
         matcher = marker_matcher(loaded.tokenizer, cfg.marker, model.get_input_embeddings().weight.shape[0])
-    optimizer, scheduler = build_optimizer(cfg, model, gate)
+    value_head = None
+    if cfg.algo == "ppo":
+        if dist.distributed:
+            raise ConfigError("--algo ppo runs in one process for now (its value head is not wrapped for DDP); "
+                              "use --algo grpo under accelerate launch")
+        value_head = ValueHead(hidden).to(device)
+    if cfg.init_adapter and not resume:
+        log(f"starting from the adapter of {load_initial_weights(cfg.init_adapter, model, gate)}")
+    optimizer, scheduler = build_optimizer(cfg, model, gate, value_head)
     trainer = Trainer(cfg=cfg, run_dir=run_dir, model=model, tokenizer=loaded.tokenizer, gate=gate, task=task,
                       examples=examples, optimizer=optimizer, scheduler=scheduler, matcher=matcher,
                       eos_ids=eos_token_ids(loaded.model, loaded.tokenizer), device=device, eval_task=eval_task,
-                      eval_examples=eval_examples, dist=dist)
+                      eval_examples=eval_examples, dist=dist, value_head=value_head)
     if resume:
         ckpt = find_checkpoint(run_dir)
-        trainer.step = load_checkpoint(ckpt, model, gate, optimizer, scheduler)
+        trainer.step = load_checkpoint(ckpt, model, gate, optimizer, scheduler, value_head=value_head)
         check_max_steps(run_dir, trainer.step, cfg.max_steps)
         apply_optimizer_config(cfg, optimizer, scheduler)
         log(f"resumed from {ckpt} (step {trainer.step})")
@@ -200,19 +189,6 @@ def check_max_steps(run_dir: Path, step: int, max_steps: int) -> None:
                           f"is (hrpo eval / generate --adapter {run_dir})")
 
 
-def apply_optimizer_config(cfg: TrainConfig, optimizer, scheduler) -> None:
-    """After loading a checkpoint: use this config's learning rates, AdamW betas and weight decay (restored from
-    the checkpoint otherwise, so `--resume RUN --lr X` would be ignored) and its max_steps / warmup schedule for
-    the current step's learning rate. With unchanged values this reproduces the saved state exactly."""
-    base = {"lora": cfg.lr, "gate": cfg.gate_lr, "Lambda": cfg.lambda_lr}
-    for i, (group, factor) in enumerate(zip(optimizer.param_groups, scheduler.lr_lambdas)):
-        group["initial_lr"] = scheduler.base_lrs[i] = base[group["name"]]
-        group["lr"] = base[group["name"]] * factor(scheduler.last_epoch)  # LambdaLR's own formula, this step
-        group["betas"] = (cfg.adam_beta1, cfg.adam_beta2)
-        group["weight_decay"] = cfg.weight_decay
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-
-
 def load_task_data(cfg: TrainConfig):
     """(task, training examples, eval task or None, eval examples or None); resolves ``cfg.marker``.
     Bad data raises DataError here, before the model is loaded."""
@@ -248,10 +224,6 @@ def batch_examples(trainer: Trainer, step: int) -> list[dict]:
 def sampling_config(cfg: TrainConfig) -> SamplingConfig:
     return SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                           top_p=cfg.top_p, logprob_temperature=cfg.logprob_temperature)
-
-
-def micro_batches(n: int, size: int) -> list[slice]:
-    return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
 
 def reference_logprobs(trainer: Trainer, rollout: Rollout, temperature: float) -> torch.Tensor:
@@ -291,35 +263,8 @@ def train_step(trainer: Trainer) -> dict:
     ref_logprobs = reference_logprobs(trainer, rollout, lp_temperature) if cfg.beta > 0 else None
     t_ref = time.perf_counter()
 
-    model.train()
-    trainer.optimizer.zero_grad(set_to_none=True)
-    n = rollout.completion_ids.shape[0]
-    policy_sum = kl_sum = loss_sum = 0.0
-    logp_diffs = []
-    # With several processes the model and gate are DDP-wrapped: the loss is this process's mean over its n
-    # sequences and DDP averages gradients over processes (equal shares), i.e. the global mean's gradient.
-    prepared = trainer.prepared or Prepared(model=model, gate=trainer.gate, optimizer=trainer.optimizer)
-    batches = micro_batches(n, cfg.micro_batch_size)
-    for i, mb in enumerate(batches):
-        part = rollout.select(mb)
-        with gradient_sync(trainer.dist, prepared, sync=i == len(batches) - 1):
-            embeds, _ = rollout_inputs_embeds(prepared.model, prepared.gate, part, mode=cfg.mode)
-            logprobs = completion_logprobs(prepared.model, part, embeds, lp_temperature, cfg.group_size)
-            loss, stats = hrpo_loss(logprobs, None if ref_logprobs is None else ref_logprobs[mb], advantages[mb],
-                                    part.completion_mask, cfg.beta, num_sequences=n)
-            backward(trainer.dist, loss)
-        loss_sum += float(loss.detach())
-        policy_sum += stats.policy_loss_sum
-        kl_sum += stats.kl_sum
-        logp_diffs.append((logprobs.detach() - part.logprobs).abs()[part.completion_mask])
-    params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
-    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    skipped = any_process(trainer.dist, not (math.isfinite(grad_norm) and math.isfinite(loss_sum)))
-    if skipped:
-        trainer.optimizer.zero_grad(set_to_none=True)
-    else:
-        trainer.optimizer.step()
+    result = update_policy(trainer, rollout, rewards, advantages, ref_logprobs, lp_temperature)
+    loss_sum, grad_norm, skipped, diffs = result.loss, result.grad_norm, result.skipped, result.logp_diffs
     lr = trainer.scheduler.get_last_lr()[0]
     with warnings.catch_warnings():  # a skipped first update: the schedule still advances, on purpose
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
@@ -332,14 +277,13 @@ def train_step(trainer: Trainer) -> dict:
     ended = (rollout.completion_mask & torch.isin(rollout.completion_ids,
                                                   torch.tensor(trainer.eos_ids, device=trainer.device))).any(1)
     think_len = rollout.thinking_mask.sum(dim=1).float()
-    diffs = torch.cat(logp_diffs) if logp_diffs else torch.zeros(1)
     new_tokens = int(rollout.completion_mask.sum())
     mixed = rollout.thinking_mask
     metrics = {
         "step": trainer.step,
         "loss": loss_sum,
-        "policy_loss": policy_sum / n,
-        "kl": kl_sum / n,
+        "policy_loss": result.policy_loss,
+        "kl": result.kl,
         "reward": float(rewards.mean()),
         "reward_std": float(grouped.std(dim=1).mean()),
         "frac_reward_zero_std": float((grouped.std(dim=1) == 0).float().mean()),
@@ -363,6 +307,7 @@ def train_step(trainer: Trainer) -> dict:
         "rollout_tokens_per_s": new_tokens / max(t_rollout - t0, 1e-9),
         "tokens_per_s": (new_tokens + int(rollout.prompt_mask.sum())) / max(t_end - t0, 1e-9),
         "sample_completion": completions[0][:200],
+        **result.extra,
     }
     mixed_count = int(mixed.sum())  # weights of the token-level means when reducing over processes
     token_weights = {"hidden_ratio": mixed_count, "embeds_ratio": mixed_count,
@@ -415,24 +360,26 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, quiet: bool = Fals
         while (trainer.step < min(cfg.max_steps, stop_at or cfg.max_steps)
                and not stop.should_stop(lambda flag: any_process(trainer.dist, flag))):
             with oom_guard(cfg, trainer.step):
-                metrics = train_step(trainer)
+                sft = cfg.algo == "sft"
+                metrics = sft_step(trainer, batch_examples(trainer, trainer.step)) if sft else train_step(trainer)
                 if cfg.eval_every and (trainer.step % cfg.eval_every == 0 or trainer.step == cfg.max_steps):
                     metrics.update(periodic_eval(trainer))
             sink.write(json.dumps(metrics) + "\n")
             sink.flush()
             tracker.log(metrics, trainer.step)
             nonfinite.update(metrics)
-            stats = (f"reward {metrics['reward']:.2f}  hidden {metrics['hidden_ratio']:.3f}  "
-                     f"kl {metrics['kl']:.4f}  len {metrics['completions/mean_length']:.0f}")
+            stats = (f"loss {metrics['loss']:.3f}" if sft else f"reward {metrics['reward']:.2f}  hidden "
+                     f"{metrics['hidden_ratio']:.3f}  kl {metrics['kl']:.4f}") + \
+                f"  len {metrics['completions/mean_length']:.0f}"
             progress.update(bar, advance=1, stats=stats)
             if trainer.step % cfg.save_every == 0 or trainer.step == cfg.max_steps:
                 if main:
                     save_checkpoint(trainer.run_dir, trainer.step, trainer.model, trainer.gate, trainer.optimizer,
-                                    trainer.scheduler, keep=cfg.keep_checkpoints)
+                                    trainer.scheduler, keep=cfg.keep_checkpoints, value_head=trainer.value_head)
                 last_saved = trainer.step
         if last_saved != trainer.step and main:
             save_checkpoint(trainer.run_dir, trainer.step, trainer.model, trainer.gate, trainer.optimizer,
-                            trainer.scheduler, keep=cfg.keep_checkpoints)
+                            trainer.scheduler, keep=cfg.keep_checkpoints, value_head=trainer.value_head)
         wait_for_everyone(trainer.dist)  # the checkpoint exists before any process returns (or resumes)
     plots = write_run_plots(trainer.run_dir) if main else []  # also for a run stopped by a signal
     if stop.requested:

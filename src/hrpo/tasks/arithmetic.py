@@ -7,6 +7,7 @@ above 0 and below 1, so RL has signal from the first step.
 from __future__ import annotations
 
 import random
+import re
 
 from ..data import require
 from ..scoring import parse_number, text_after_marker, unmarked_number
@@ -29,6 +30,7 @@ THINK_SHOTS = (
 # Every problem (an unordered operand pair and an operation) belongs to exactly one split, decided by this
 # fixed seed and never by the run's: test problems are never trained on, whatever the seed or the size.
 SPLIT_SEED = 1_000_003
+_QUESTION = re.compile(r"What is (-?\d+) ([+-]) (-?\d+)\?")
 TEST_FRACTION = 0.25  # of the distinct problems (operands 1-50: 2,550 problems, 638 of them test)
 
 
@@ -77,6 +79,16 @@ class ArithmeticTask(Task):
             x, y = (b, a) if swap else (a, b)
             return {"question": f"What is {x} + {y}?", "answer": str(a + b)}
         return {"question": f"What is {a} - {b}?", "answer": str(a - b)}
+
+    def solution(self, example: dict) -> str | None:
+        """The gold completion ``hrpo sft`` trains on, in the format of the 2-shot prompt: ``14 + 23 = 37 #### 37``
+        (think format: ``<think>14 + 23 = 37</think> 37``); None when the question is not 'What is a +/- b?'."""
+        match = _QUESTION.fullmatch(example["question"].strip())
+        if match is None:
+            return None
+        line = f"{match[1]} {match[2]} {match[3]} = {example['answer']}"
+        return f"{line} #### {example['answer']}" if self.prompt_format == "hash" else \
+            f"<think>{line}</think> {example['answer']}"
 
     def messages(self, example: dict) -> list[dict]:
         """Chat messages: system prompt, two worked examples, then the question."""

@@ -84,6 +84,8 @@ class MathTask(Task):
         for key in ("level", "unique_id"):
             if row.get(key) is not None:
                 example[key] = row[key]
+        if isinstance(row.get("solution"), str) and row["solution"].strip():
+            example["solution"] = row["solution"]  # what hrpo sft trains on
         return example
 
     def user_text(self, example: dict) -> str:
