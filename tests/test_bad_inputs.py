@@ -141,6 +141,79 @@ CASES = {
 }
 
 
+
+# your own tasks and rewards (issue: bring your own task and reward); each fails before any model loads
+def _user_file(tmp, name, text):
+    path = tmp / name
+    path.write_text(text)
+    return path
+
+
+def _user(tmp, *flags):
+    return _train(tmp, "--model", str(tmp / "no-such-model"), *flags)
+
+
+def _generic(tmp, rows, *flags):
+    data = _user_file(tmp, "rows.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    return _user(tmp, "--task", "generic", "--data", str(data), *flags)
+
+
+HALF_TASK = "class Half:\n    name = 'half'\n    marker = '####'\n    def messages(self, ex): return []\n" \
+            "    def reward(self, c, ex): return 0.0\n    def extract_answer(self, c, ex=None): return None\n"
+REWARDS = "def one_arg(completion):\n    return 1.0\n\ndef ok(completion, example):\n    return 1.0\n"
+ROW = {"q": "What is 1 + 1?", "a": "2"}
+try:
+    import reasoning_gym  # noqa: F401
+    RG_UNKNOWN = ["unknown reasoning-gym generator 'chain_sums'", "Close names: chain_sum"]
+except ImportError:
+    RG_UNKNOWN = ["reasoning-gym tasks need the reasoning-gym package", "pip install"]
+
+CASES.update({
+    "task_file_missing": lambda t, f: (_user(t, "--task", f"{t}/nope.py:Task"), ["{tmp}/nope.py: no such file"]),
+    "task_file_does_not_import": lambda t, f: (
+        _user(t, "--task", f"{_user_file(t, 'broken.py', 'import os' + chr(10) + 'raise ValueError(42)')}:T"),
+        ["{tmp}/broken.py: could not be imported: ValueError: 42"]),
+    "task_file_syntax_error": lambda t, f: (_user(t, "--task", f"{_user_file(t, 'syn.py', 'def (:')}:T"),
+                                            ["{tmp}/syn.py: could not be imported: SyntaxError", "(line 1)"]),
+    "task_attribute_missing": lambda t, f: (_user(t, "--task", f"{_user_file(t, 'half.py', HALF_TASK)}:Whole"),
+                                            ["{tmp}/half.py has no attribute 'Whole' (it defines: Half)"]),
+    "task_lacks_protocol_methods": lambda t, f: (_user(t, "--task", f"{_user_file(t, 'half.py', HALF_TASK)}:Half"),
+                                                 ["{tmp}/half.py:Half: the task lacks score, load of the Task"]),
+    "task_module_missing": lambda t, f: (_user(t, "--task", "no_such_pkg_xyz.tasks:make"),
+                                         ["module 'no_such_pkg_xyz.tasks' not found"]),
+    "task_option_not_taken": lambda t, f: (_user(t, "--task", "arithmetic", "--task-option", "digits=3"),
+                                           ["task 'arithmetic' does not take the task option(s) 'digits'"]),
+    "rg_unknown_generator": lambda t, f: (_user(t, "--task", "rg:chain_sums"), RG_UNKNOWN),
+    "reward_unknown_name": lambda t, f: (_user(t, "--reward", "acuracy"),
+                                         ["unknown reward 'acuracy'", "Did you mean accuracy?"]),
+    "reward_weight_not_a_number": lambda t, f: (_user(t, "--reward", "format:lots"),
+                                                ["reward 'format:lots': weight 'lots' is not a number"]),
+    "reward_yaml_weight_not_a_number": lambda t, f: (
+        _yaml(t, "rewards:\n  - {name: format, weight: high}\n"),
+        ["{tmp}/cfg.yaml: reward 'format': weight 'high' is not a number"]),
+    "reward_file_without_the_function": lambda t, f: (
+        _user(t, "--reward", f"{_user_file(t, 'r.py', REWARDS)}:length_penalty:-0.01"),
+        ["{tmp}/r.py has no attribute 'length_penalty' (it defines: ok, one_arg)"]),
+    "reward_wrong_signature": lambda t, f: (_user(t, "--reward", f"{_user_file(t, 'r.py', REWARDS)}:one_arg"),
+                                            ["{tmp}/r.py:one_arg: a reward takes (completion: str, example: dict)"]),
+    "generic_row_missing_field": lambda t, f: (
+        _generic(t, [ROW, {"q": "What is 2 + 2?"}], "--prompt-field", "q", "--answer-field", "a"),
+        ["{tmp}/rows.jsonl: line 2: field 'a' is missing"]),
+    "generic_template_names_a_missing_field": lambda t, f: (
+        _generic(t, [ROW], "--prompt-template", "{q} Hint: {hint}", "--answer-field", "a"),
+        ["{tmp}/rows.jsonl: line 1: field 'hint' is missing (the prompt template names it"]),
+    "generic_template_malformed": lambda t, f: (
+        _generic(t, [ROW], "--prompt-template", "{q", "--answer-field", "a"), ["prompt_template '{q'", "brace"]),
+    "generic_without_answer_field": lambda t, f: (_generic(t, [ROW], "--prompt-field", "q"),
+                                                  ["task generic needs --answer-field"]),
+    "generic_key_with_another_task": lambda t, f: (_user(t, "--task", "gsm8k", "--prompt-field", "q"),
+                                                   ["prompt_field='q'", "option of the generic task"]),
+    "eval_generic_bad_row": lambda t, f: (
+        ["eval", "--model", str(t / "m"), *_generic(t, [{"a": "1"}], "--prompt-field", "q", "--answer-field",
+                                                    "a")[6:]],
+        ["{tmp}/rows.jsonl: line 1: field 'q' is missing"]),
+})
+
 if not torch.cuda.is_available():
     CASES["cuda_without_cuda"] = lambda t, f: (_train(t, "--device", "cuda"),
                                                ["device='cuda'", "CUDA is not available"])

@@ -1,4 +1,4 @@
-"""The `hrpo` command line: train, generate, eval, bench, plot and compare."""
+"""The `hrpo` command line: train, generate, eval, tasks, bench, plot and compare."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from .config import DTYPES, MODES, ConfigError, add_config_arguments, build_config, load_yaml
+from .config import DTYPES, MODES, TASK_KEYS, ConfigError, add_config_arguments, build_config, load_yaml
 
 
 # ---------------------------------------------------------------------------------------- argument checks
@@ -168,7 +168,9 @@ def _eval_parser(sub) -> None:
                                    "training; writes eval_<task>.json and eval_<task>_examples.jsonl.",
                        epilog=DATA_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _policy_arguments(p)
-    p.add_argument("--task", action="append", required=True, metavar="T", help="Task name (repeatable).")
+    p.add_argument("--task", action="append", default=None, metavar="T",
+                   help="Task (repeatable): a built-in name, generic, rg:NAME, path/to/file.py:Class or "
+                        "module:factory (default: the --adapter run's task).")
     p.add_argument("--data", action="append", default=None, metavar="PATH",
                    help="Local data instead of the hub (see below; repeatable, one per --task).")
     p.add_argument("--split", default="test", help="Data split (default: test).")
@@ -191,6 +193,18 @@ def _eval_parser(sub) -> None:
                    help="Report directory (default: the adapter directory, else runs/eval-<time>).")
     _runtime_arguments(p)
     p.add_argument("--quiet", action="store_true", help="No progress bar.")
+    group = p.add_argument_group("task options and rewards (as for hrpo train; default: the --adapter run's, "
+                                 "when --task is its task)")
+    add_config_arguments(group, only=TASK_KEYS)
+
+
+def _tasks_parser(sub) -> None:
+    p = sub.add_parser("tasks", help="List the tasks: built-in ones with their fields, and reasoning-gym's.",
+                       description="Without NAME: every built-in task with its data fields, the generic task, how "
+                                   "to give your own task and rewards, and the reasoning-gym generators (when "
+                                   "reasoning-gym is installed). With NAME (e.g. rg:chain_sum, gsm8k): its "
+                                   "options or fields.")
+    p.add_argument("name", nargs="?", default=None, metavar="NAME", help="One task to show in detail.")
 
 
 def _plot_parser(sub) -> None:
@@ -264,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub, sft=True)
     _generate_parser(sub)
     _eval_parser(sub)
+    _tasks_parser(sub)
     _plot_parser(sub)
     _compare_parser(sub)
     _bench_parser(sub)
@@ -338,40 +353,48 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from . import tasks
     from .evaluate import evaluate, summary_table, write_report
 
+    from .config import task_settings_from
+    from .eval_jobs import eval_jobs, run_config, score_with_rewards
+
     _check_device(args.device)
-    data = args.data or []
-    if len(data) > 1 and len(data) != len(args.task):
-        raise ConfigError(f"--data was given {len(data)} times for {len(args.task)} tasks: give it once for all "
-                          f"tasks or once per --task, in the same order")
-    jobs = []  # load every task's data before the model, so bad data fails fast
-    for i, name in enumerate(args.task):
-        path = data[i] if len(data) > 1 else (data[0] if data else None)
-        jobs.append((name, path, tasks.get(name).load(args.split, data_path=path, limit=args.limit)))
+    run = run_config(args.adapter)
+    # the run's format (its marker) unless --prompt-format says otherwise, as the policy's marker defaults
+    prompt_format = args.prompt_format or ("think" if run.get("marker") == "</think>" else "hash")
+    given = task_settings_from({key: getattr(args, key, None) for key in TASK_KEYS})
+    # every task's data and rewards before the model, so bad input fails fast
+    jobs = eval_jobs(args.task, args.data, args.split, args.limit, given, run, prompt_format)
     from .policy import load_policy
 
     policy = load_policy(args.model, args.adapter, args.mode, dtype=args.dtype, device=args.device,
                          trust_remote_code=args.trust_remote_code)
     print(policy.dtype_reason, file=sys.stderr, flush=True)
-    prompt_format = args.prompt_format or ("think" if policy.marker == "</think>" else "hash")
     out_dir = Path(args.output_dir or args.adapter or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
     rows = []
-    for name, path, examples in jobs:
-        task = tasks.get(name, prompt_format=prompt_format)
+    for name, path, task, examples, rewards in jobs:
         result = evaluate(policy, task, examples, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                           greedy=args.temperature is None, temperature=args.temperature, progress=not args.quiet,
                           max_prompt_tokens=args.max_prompt_tokens, seed=args.seed)
+        if rewards:
+            result["metrics"].update(score_with_rewards(rewards, result, examples))
         meta = {"model": policy.model_name, "adapter": args.adapter, "mode": policy.mode, "split": args.split,
-                "data": path or ("hub" if task.hub else "generated"), "limit": args.limit,
-                "prompt_format": prompt_format, "marker": task.marker, "greedy": args.temperature is None,
-                "temperature": args.temperature,
+                "task_spec": name, "data": path or ("hub" if getattr(task, "hub", None) else "generated"),
+                "limit": args.limit, "prompt_format": prompt_format, "marker": task.marker,
+                "greedy": args.temperature is None, "temperature": args.temperature,
                 "latent_temperature": policy.temperature, "max_new_tokens": args.max_new_tokens,
-                "max_prompt_tokens": args.max_prompt_tokens, "batch_size": args.batch_size, "seed": args.seed}
+                "max_prompt_tokens": args.max_prompt_tokens, "batch_size": args.batch_size, "seed": args.seed,
+                "rewards": [{"name": r.spec, "weight": r.weight} for r in rewards] if rewards else None}
         json_path, _ = write_report(result, out_dir, task.name, meta)
         rows.append({"task": task.name, "metrics": result["metrics"], "path": json_path})
     Console().print(summary_table(rows))
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from .tasks import catalog
+
+    print(catalog.detail(args.name) if args.name else catalog.overview(), end="")
     return 0
 
 
@@ -455,8 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     from .models import ModelLoadError
 
     try:
-        return {"train": cmd_train, "sft": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "plot": cmd_plot,
-                "compare": cmd_compare, "bench": cmd_bench}[args.command](args)
+        return {"train": cmd_train, "sft": cmd_train, "generate": cmd_generate, "eval": cmd_eval,
+                "tasks": cmd_tasks, "plot": cmd_plot, "compare": cmd_compare, "bench": cmd_bench}[args.command](args)
     except (ConfigError, ModelLoadError, CheckpointError) as exc:
         print(f"hrpo {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -29,6 +29,15 @@ class ConfigError(ValueError):
     """A configuration value or file is invalid; the message names the key."""
 
 
+# Rewards known by name (hrpo.tasks.rewards implements them); anything else must be file.py:fn or module:fn.
+REWARD_NAMES = ("accuracy", "format", "number", "math", "choice", "exact", "f1")
+ANSWER_CHECKS = REWARD_NAMES[2:]  # the checks of the generic task: compare the answer with the gold one
+# keys of the generic task (--task generic); given with another task they are an error
+GENERIC_KEYS = ("prompt_field", "prompt_template", "answer_field", "system_prompt", "answer_check")
+# the keys that choose and shape a task and its rewards, which `hrpo eval` takes too
+TASK_KEYS = ("task_options", "rewards", *GENERIC_KEYS)
+
+
 def _f(default: Any, help: str, **kw: Any) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
@@ -43,11 +52,37 @@ class TrainConfig:
                              "latent = the latent alone, no gate (ablation); hidden = last hidden state fed back "
                              "(Coconut-style ablation).",
                    choices=MODES)
-    task: str = _f("arithmetic", "Training task: arithmetic (embedded), gsm8k, math, math500, mmlu_stem, arc_c, "
-                                 "mmlu_arc_train, nq, triviaqa, hotpotqa, 2wiki, bamboogle.")
+    task: str = _f("arithmetic", "Training task: a built-in name (arithmetic (embedded), gsm8k, math, math500, "
+                                 "mmlu_stem, arc_c, mmlu_arc_train, nq, triviaqa, hotpotqa, 2wiki, bamboogle), "
+                                 "generic (your --data with --prompt-field/--prompt-template and --answer-field), "
+                                 "rg:NAME (a reasoning-gym generator), or your own: path/to/file.py:Class or "
+                                 "package.module:factory. `hrpo tasks` lists them.")
     data: str | None = _f(None, "Local training data for the task (jsonl, json, parquet or a saved HF dataset).")
     prompt_format: str = _f("hash", "Prompt format: hash ('####' marker) or think ('</think>' marker).",
                             choices=("hash", "think"))
+    task_options: dict | None = _f(None, "Options of the task: a reasoning-gym generator's config fields (e.g. "
+                                         "min_terms=2), or keyword arguments of your task class or factory. YAML: a "
+                                         "mapping; CLI: --task-option KEY=VALUE, repeatable (the value read as YAML).",
+                                   flag="--task-option", metavar="KEY=VALUE")
+    rewards: list | None = _f(None, "Rewards summed with weights into the reward the advantages use: "
+                                    f"{', '.join(REWARD_NAMES)}, or your function path/to/file.py:fn or "
+                                    "module:fn (fn(completion: str, example: dict) -> float); an optional "
+                                    ":WEIGHT after the last colon (default 1). CLI: --reward SPEC, repeatable; YAML: a "
+                                    "list of {name, weight}. Each is logged as rewards/<name>/mean and /std "
+                                    "(default: accuracy, the task's own reward).",
+                              flag="--reward", metavar="SPEC")
+    # the generic task (--task generic)
+    prompt_field: str | None = _f(None, "generic task: the row field holding the prompt (or use prompt_template).")
+    prompt_template: str | None = _f(None, "generic task: the prompt built from row fields, e.g. "
+                                           "'Q: {question}\\nContext: {context}' ({field} names).")
+    answer_field: str | None = _f(None, "generic task: the row field holding the gold answer (a string, a number, "
+                                        "or a list of accepted strings).")
+    system_prompt: str | None = _f(None, "generic task: the system message (default: the prompt format's; '' for "
+                                         "none).")
+    answer_check: str | None = _f(None, "generic task: how an answer is checked (its 'accuracy' reward and eval "
+                                        "accuracy): number, math (math-verify), choice, exact, f1, or "
+                                        "path/to/file.py:fn / module:fn (correct when it scores >= 1) (default: the "
+                                        "first such --reward, else exact).")
     output_dir: str | None = _f(None, "Run directory (default: runs/<mode>-<timestamp>).")
     seed: int = _f(42, "Seed for data order, sampling and initialisation.")
     # batch geometry
@@ -167,6 +202,64 @@ def _field_type(f: dataclasses.Field) -> type:
     return args[0] if args else tp
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_reward(item: Any, source: str = "reward") -> dict[str, Any]:
+    """One reward as ``{"name": str, "weight": float}`` from ``'NAME[:WEIGHT]'`` (the weight after the last colon:
+    ``format:0.2``, ``my.py:length_penalty:-0.01``; ``module:fn`` alone has weight 1) or ``{name, weight}``."""
+    if isinstance(item, dict):
+        unknown = set(item) - {"name", "weight"}
+        if unknown or "name" not in item:
+            raise ConfigError(f"{source}: a reward is {{name, weight}}, got {item!r}")
+        name, weight = item["name"], item.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float, str)) or (
+                isinstance(weight, str) and not _is_number(weight)):
+            raise ConfigError(f"{source}: reward '{name}': weight {weight!r} is not a number")
+        weight = float(weight)
+    elif isinstance(item, str):
+        head, sep, tail = item.strip().rpartition(":")
+        if sep and _is_number(tail):
+            name, weight = head, float(tail)
+        elif sep and (head in REWARD_NAMES or ":" in head):
+            raise ConfigError(f"{source}: reward '{item}': weight '{tail}' is not a number (the weight goes after "
+                              f"the last colon, e.g. format:0.2)")
+        else:
+            name, weight = item.strip(), 1.0
+    else:
+        raise ConfigError(f"{source}: a reward is 'NAME[:WEIGHT]' or {{name, weight}}, got {item!r}")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{source}: a reward needs a name, got {item!r}")
+    if not math.isfinite(weight):
+        raise ConfigError(f"{source}: reward '{name}': weight must be a finite number, got {weight}")
+    return {"name": name.strip(), "weight": weight}
+
+
+def parse_task_options(value: Any, source: str = "task_options") -> dict[str, Any]:
+    """``task_options`` from a YAML mapping or from ``KEY=VALUE`` strings (each value read as YAML: 2 -> int,
+    true -> bool, [1, 2] -> list, anything else a string)."""
+    if isinstance(value, dict):
+        return {str(k): v for k, v in value.items()}
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"{source}: task_options must be a mapping of option: value, got {value!r}")
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{source}: task option {item!r} is not KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = text
+    return out
+
+
 def _coerce(key: str, value: Any, source: str) -> Any:
     fields = {f.name: f for f in config_fields()}
     if key not in fields:
@@ -176,6 +269,13 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     tp = _field_type(f)
     if value is None:
         return None
+    if key == "task_options":
+        return parse_task_options(value, source)
+    if key == "rewards":
+        items = [value] if isinstance(value, (str, dict)) else value
+        if not isinstance(items, (list, tuple)) or not items:
+            raise ConfigError(f"{source}: 'rewards' must be a non-empty list of {{name, weight}}, got {value!r}")
+        return [parse_reward(item, source) for item in items]
     try:
         if tp is bool:
             if isinstance(value, bool):
@@ -211,7 +311,10 @@ def build_config(yaml_values: dict[str, Any] | None = None, cli_values: dict[str
     """Merge defaults < embedded preset < YAML < CLI, validate, and return the config."""
     values: dict[str, Any] = {}
     values.update({k: _coerce(k, v, "config") for k, v in (yaml_values or {}).items()})
-    values.update({k: _coerce(k, v, "command line") for k, v in (cli_values or {}).items()})
+    cli = {k: _coerce(k, v, "command line") for k, v in (cli_values or {}).items()}
+    if cli.get("task_options") and values.get("task_options"):  # --task-option adds to / overrides the YAML's
+        cli["task_options"] = {**values["task_options"], **cli["task_options"]}
+    values.update(cli)
     model = values.get("model", EMBEDDED_MODEL)
     if use_preset and model == EMBEDDED_MODEL:
         values = {**EMBEDDED_PRESET, **values}
@@ -282,7 +385,48 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.reward_timeout < 0:
         bad("reward_timeout", "must be >= 0 seconds (0 = no limit)")
     check_algo(cfg, bad)
+    _validate_task_keys(cfg, bad)
     _validate_generic(cfg, bad)
+
+
+def is_function_spec(name: str) -> bool:
+    """``name`` names a user function (``file.py:fn`` or ``module:fn``) rather than a built-in reward."""
+    return ":" in name
+
+
+def check_reward_names(rewards: list[dict] | None, key: str = "rewards") -> None:
+    """Each reward is a built-in name or a ``file.py:fn`` / ``module:fn`` spec; raises ConfigError naming it."""
+    import difflib
+
+    for reward in rewards or []:
+        name = reward["name"]
+        if name not in REWARD_NAMES and not is_function_spec(name):
+            close = difflib.get_close_matches(name, REWARD_NAMES, n=2)
+            hint = f" Did you mean {' or '.join(close)}?" if close else ""
+            raise ConfigError(f"invalid config: {key}: unknown reward '{name}' (built-in: {', '.join(REWARD_NAMES)}; "
+                              f"or your function as path/to/file.py:fn or module:fn).{hint}")
+
+
+def task_settings_from(values: dict[str, Any], source: str = "command line") -> dict[str, Any]:
+    """The TASK_KEYS among ``values`` (e.g. `hrpo eval`'s flags), typed and checked like train's config keys."""
+    out = {key: _coerce(key, values[key], source) for key in TASK_KEYS if values.get(key) is not None}
+    check_reward_names(out.get("rewards"))
+    if out.get("answer_check") is not None and out["answer_check"] not in ANSWER_CHECKS and not is_function_spec(
+            out["answer_check"]):
+        raise ConfigError(f"{source}: answer_check {out['answer_check']!r} must be one of "
+                          f"{', '.join(ANSWER_CHECKS)}, or path/to/file.py:fn / module:fn")
+    return out
+
+
+def _validate_task_keys(cfg: TrainConfig, bad) -> None:
+    """The reward names, and the generic task's keys only with the generic task."""
+    check_reward_names(cfg.rewards)
+    generic = [key for key in GENERIC_KEYS if getattr(cfg, key) is not None]
+    if generic and "generic" not in (cfg.task, cfg.eval_task):
+        bad(generic[0], f"is an option of the generic task (--task generic), not of task '{cfg.task}'")
+    if cfg.answer_check is not None and cfg.answer_check not in ANSWER_CHECKS and not is_function_spec(
+            cfg.answer_check):
+        bad("answer_check", f"must be one of {', '.join(ANSWER_CHECKS)}, or path/to/file.py:fn / module:fn")
 
 
 def _validate_generic(cfg: TrainConfig, bad) -> None:
@@ -304,23 +448,29 @@ def _validate_generic(cfg: TrainConfig, bad) -> None:
             bad("device", "CUDA is not available on this machine (torch.cuda.is_available() is False)")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one `--flag` per TrainConfig field; unset flags are absent from the parsed namespace."""
+def add_config_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """Add one `--flag` per TrainConfig field (or per field named in ``only``); unset flags are absent from the
+    parsed namespace."""
     for f in config_fields():
+        if only is not None and f.name not in only:
+            continue
         flag = "--" + f.name.replace("_", "-")
         tp = _field_type(f)
         text = f.metadata["help"]
         if "(default" not in text and f.default is not None:  # else the help says what happens without it
             text += f" (default: {f.default})"
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
-        if tp is bool:
+        flags = [f.metadata["flag"], flag] if "flag" in f.metadata else [flag]  # --reward, alias --rewards
+        if tp in (list, dict):  # repeatable: --reward A --reward B, --task-option K=V ...
+            kwargs.update(action="append", metavar=f.metadata.get("metavar", f.name.upper()))
+        elif tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = tp
             kwargs["metavar"] = f.name.upper()
             if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(*flags, **kwargs)
 
 
 def save_yaml(cfg: TrainConfig, path: Path, notes: tuple[str, ...] = ()) -> None:

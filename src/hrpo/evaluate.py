@@ -22,15 +22,20 @@ def _mean(values: list[float]) -> float:
 
 def _records(task, examples, idx, texts, lengths, ids, eos_ids) -> list[dict]:
     """One scored record per decoded completion (``idx``: the examples' positions in the input list)."""
+    from .scoring import marker_count_ok
+    from .tasks import gold_of
+
     out = []
     for i, text, n, row_ids in zip(idx, texts, lengths, ids):
         ex, n = examples[i], int(n)
         scored = task.score(text, ex)
-        rec = {"index": i, "question": ex.get("question"), "gold": task.gold(ex), "answer": scored["answer"],
-               "correct": bool(scored["correct"]), "format_ok": bool(scored["format_ok"]), "completion": text,
+        format_ok = scored.get("format_ok", marker_count_ok(text, task.marker))  # a user task may leave it out
+        rec = {"index": i, "question": ex.get("question"), "gold": gold_of(task, ex), "answer": scored.get("answer"),
+               "correct": bool(scored["correct"]), "format_ok": bool(format_ok), "completion": text,
                "completion_tokens": n, "clipped": not (n and row_ids[n - 1] in eos_ids)}
-        if "f1" in scored:
-            rec["f1"] = scored["f1"]
+        for key in ("f1", "score"):  # graded scores besides correct/incorrect: averaged in the metrics
+            if key in scored:
+                rec[key] = float(scored[key])
         for key in ("subject", "id", "level"):
             if ex.get(key) not in (None, ""):
                 rec[key] = ex[key]
@@ -47,9 +52,9 @@ def evaluate(policy, task, examples: list[dict], batch_size: int = 32, max_new_t
     latent still uses the policy's temperature); otherwise tokens are sampled at ``temperature`` (default: the
     policy's). Returns ``{"metrics": {...}, "records": [...]}``: metrics has accuracy, correct, total,
     format_rate (marker exactly once), mean_completion_tokens, clipped_ratio, hidden_ratio (hybrid),
-    tokens_per_s, elapsed_s, plus f1 (QA) and by_subject (when examples carry a subject). Records, in input
-    order: index, question, gold, answer, correct, format_ok, completion, completion_tokens, clipped (no EOS)
-    [, f1, subject, id, level].
+    tokens_per_s, elapsed_s, plus f1 (QA), score (graded tasks: reasoning-gym, generic) and by_subject (when
+    examples carry a subject). Records, in input order: index, question, gold, answer, correct, format_ok,
+    completion, completion_tokens, clipped (no EOS) [, f1, score, subject, id, level].
     """
     from .gate import hidden_ratio
     from .policy import generate_ids
@@ -114,8 +119,9 @@ def summarize(records: list[dict], max_new_tokens: int, elapsed_s: float = math.
         "hidden_ratio": hidden, "elapsed_s": elapsed_s,
         "tokens_per_s": new_tokens / elapsed_s if elapsed_s and elapsed_s > 0 else None,
     }
-    if any("f1" in r for r in records):
-        metrics["f1"] = _mean([r.get("f1", 0.0) for r in records])
+    for key in ("f1", "score"):
+        if any(key in r for r in records):
+            metrics[key] = _mean([r.get(key, 0.0) for r in records])
     subjects = sorted({r["subject"] for r in records if r.get("subject")})
     if subjects:
         by_subject = {}

@@ -24,8 +24,8 @@ import torch
 from . import tasks
 from .checkpoint import (CheckpointError, checkpoint_step, find_checkpoint, list_checkpoints, load_checkpoint,
                          load_initial_weights, newest_checkpoint, save_checkpoint)
-from .config import ConfigError, TrainConfig, build_config, load_yaml, save_yaml
-from .faults import GracefulStop, NonFiniteGuard, TrainingInterrupted, contained_rewards, oom_guard
+from .config import TASK_KEYS, ConfigError, TrainConfig, build_config, load_yaml, save_yaml
+from .faults import GracefulStop, NonFiniteGuard, TrainingInterrupted, oom_guard
 from .distributed import (ProcessInfo, any_process, broadcast, check_divisible, launched_rank, local_prompts,
                           local_rows, prepare, process_info, reduce_metrics, wait_for_everyone)
 from .gate import HybridGate, hidden_ratio
@@ -34,6 +34,7 @@ from .optim import apply_optimizer_config, build_optimizer, warmup_cosine  # noq
 from .plots import write_run_plots
 from .precision import choose_dtype
 from .progress import progress_bar, quiet_libraries
+from .tasks.rewards import DEFAULT_REWARDS, build_rewards, score_rewards
 from .objective import completion_logprobs, group_advantages, rollout_inputs_embeds
 from .ppo import ValueHead
 from .sft import sft_step
@@ -51,7 +52,8 @@ METRICS_FILE = "metrics.jsonl"
 # Everything else (max_steps, learning rates, sampling, logging, checkpointing, device, ...) may be overridden.
 RESUME_FIXED_KEYS = ("model", "mode", "algo", "task", "prompt_format", "marker", "seed", "num_train_examples",
                      "prompts_per_step", "group_size", "lora_r", "lora_alpha", "r_min", "r_max", "gate_c",
-                     "dtype")
+                     "dtype", "task_options", "rewards",
+                     "prompt_field", "prompt_template", "answer_field", "system_prompt", "answer_check")
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Trainer:
     device: torch.device
     eval_task: object = None
     eval_examples: list[dict] | None = None
+    rewards: list = field(default_factory=list)  # tasks.rewards.Reward: summed with weights into the reward
     step: int = 0
     dist: ProcessInfo = field(default_factory=ProcessInfo)
     prepared: object = None  # distributed.Prepared: what the policy-gradient pass calls (DDP-wrapped or not)
@@ -109,6 +112,7 @@ def setup(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Trai
     log(precision.summary)
     cfg.dtype = precision.name  # config.yaml keeps what the run trains in, so a resume keeps it too
     task, examples, eval_task, eval_examples = load_task_data(cfg)
+    rewards = build_rewards(cfg.rewards, task, cfg.marker)
     log(f"loading model '{cfg.model}' ({precision.name}, {device})")
     loaded = load_model(cfg.model, dtype=precision.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
     model = add_lora(loaded.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, seed=cfg.seed)
@@ -135,7 +139,7 @@ def setup(cfg: TrainConfig, resume: str | Path | None = None, log=print) -> Trai
     trainer = Trainer(cfg=cfg, run_dir=run_dir, model=model, tokenizer=loaded.tokenizer, gate=gate, task=task,
                       examples=examples, optimizer=optimizer, scheduler=scheduler, matcher=matcher,
                       eos_ids=eos_token_ids(loaded.model, loaded.tokenizer), device=device, eval_task=eval_task,
-                      eval_examples=eval_examples, dist=dist, value_head=value_head)
+                      eval_examples=eval_examples, dist=dist, rewards=rewards, value_head=value_head)
     if resume:
         ckpt = find_checkpoint(run_dir)
         trainer.step = load_checkpoint(ckpt, model, gate, optimizer, scheduler, value_head=value_head)
@@ -189,14 +193,25 @@ def check_max_steps(run_dir: Path, step: int, max_steps: int) -> None:
                           f"is (hrpo eval / generate --adapter {run_dir})")
 
 
+def task_settings(cfg: TrainConfig) -> dict:
+    """The config keys that choose and shape the task and its rewards (config.TASK_KEYS)."""
+    return {key: getattr(cfg, key) for key in TASK_KEYS}
+
+
 def load_task_data(cfg: TrainConfig):
-    """(task, training examples, eval task or None, eval examples or None); resolves ``cfg.marker``.
-    Bad data raises DataError here, before the model is loaded."""
-    task = tasks.get(cfg.task, prompt_format=cfg.prompt_format, data_path=cfg.data)
+    """(task, training examples, eval task or None, eval examples or None); resolves ``cfg.marker``,
+    ``cfg.rewards`` (default: accuracy alone) and the generic task's ``cfg.answer_check``, so that config.yaml
+    records what the run trains with. Bad data raises DataError here, before the model is loaded."""
+    settings = task_settings(cfg)
+    task = tasks.from_settings(cfg.task, settings, cfg.prompt_format, cfg.data)
     cfg.marker = cfg.marker or task.marker
+    cfg.rewards = cfg.rewards or [dict(r) for r in DEFAULT_REWARDS]
+    if isinstance(task, tasks.GenericTask):
+        cfg.answer_check = task.answer_check
     eval_task = eval_examples = None
     if cfg.eval_task:
-        eval_task = tasks.get(cfg.eval_task, prompt_format=cfg.prompt_format, data_path=cfg.eval_data)
+        eval_task = tasks.from_settings(cfg.eval_task, settings, cfg.prompt_format, cfg.eval_data,
+                                        own_options=cfg.eval_task == cfg.task)
         eval_examples = eval_task.load("test", limit=cfg.eval_limit)
     return task, training_examples(task, cfg), eval_task, eval_examples
 
@@ -204,7 +219,7 @@ def load_task_data(cfg: TrainConfig):
 def training_examples(task, cfg: TrainConfig) -> list[dict]:
     """The training set: ``num_train_examples`` generated rows for a procedural task without --data, else the
     task's whole train split (validated before any training starts)."""
-    if getattr(task, "procedural", False) and not cfg.data:
+    if getattr(task, "procedural", False) and not cfg.data and callable(getattr(task, "examples", None)):
         return task.examples(cfg.num_train_examples, seed=cfg.seed)
     return task.load("train")
 
@@ -256,8 +271,9 @@ def train_step(trainer: Trainer) -> dict:
     t_rollout = time.perf_counter()
 
     completions = decode_completions(trainer.tokenizer, rollout.completion_ids, rollout.completion_mask)
-    scored = contained_rewards(trainer.task.reward, completions, examples, cfg.reward_timeout, step=step + 1)
-    rewards = torch.tensor(scored.rewards)
+    scored = score_rewards(trainer.rewards or build_rewards(None, trainer.task), completions, examples,
+                           cfg.reward_timeout, step=step + 1)
+    rewards = torch.tensor(scored.total)  # the weighted sum of the rewards
     advantages = group_advantages(rewards, cfg.group_size).to(trainer.device)
     lp_temperature = cfg.logprob_temperature or cfg.temperature
     ref_logprobs = reference_logprobs(trainer, rollout, lp_temperature) if cfg.beta > 0 else None
@@ -297,7 +313,8 @@ def train_step(trainer: Trainer) -> dict:
         "grad_norm": grad_norm,
         "learning_rate": lr,
         "skipped_update": int(skipped),
-        "rewards/failures": len(scored.failures),
+        "rewards/failures": scored.failures,
+        **scored.metrics(),
         "sampling/logp_difference/mean": float(diffs.mean()) if diffs.numel() else 0.0,
         "sampling/logp_difference/max": float(diffs.max()) if diffs.numel() else 0.0,
         "timing/rollout_s": t_rollout - t0,
@@ -328,8 +345,8 @@ def periodic_eval(trainer: Trainer) -> dict:
                       max_new_tokens=cfg.max_new_tokens, greedy=True, progress=False,
                       max_prompt_tokens=cfg.max_prompt_length, seed=cfg.seed)
     metrics = result["metrics"]
-    return {f"eval/{cfg.eval_task}/accuracy": metrics["accuracy"],
-            f"eval/{cfg.eval_task}/format_rate": metrics["format_rate"]}
+    name = cfg.eval_task if ":" not in cfg.eval_task else trainer.eval_task.name  # a file or rg: spec
+    return {f"eval/{name}/accuracy": metrics["accuracy"], f"eval/{name}/format_rate": metrics["format_rate"]}
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, quiet: bool = False,
