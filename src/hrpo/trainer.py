@@ -34,7 +34,7 @@ from .optim import apply_optimizer_config, build_optimizer, warmup_cosine  # noq
 from .plots import write_run_plots
 from .precision import choose_dtype
 from .progress import progress_bar, quiet_libraries
-from .tasks.rewards import DEFAULT_REWARDS, build_rewards, score_rewards
+from .tasks.rewards import DEFAULT_REWARDS, build_rewards, finish_std, score_rewards
 from .objective import completion_logprobs, group_advantages, rollout_inputs_embeds
 from .ppo import ValueHead
 from .sft import sft_step
@@ -315,6 +315,7 @@ def train_step(trainer: Trainer) -> dict:
         "skipped_update": int(skipped),
         "rewards/failures": scored.failures,
         **scored.metrics(),
+        **(scored.moments() if trainer.dist.distributed else {}),  # for the global std, after the reduction
         "sampling/logp_difference/mean": float(diffs.mean()) if diffs.numel() else 0.0,
         "sampling/logp_difference/max": float(diffs.max()) if diffs.numel() else 0.0,
         "timing/rollout_s": t_rollout - t0,
@@ -329,7 +330,8 @@ def train_step(trainer: Trainer) -> dict:
     mixed_count = int(mixed.sum())  # weights of the token-level means when reducing over processes
     token_weights = {"hidden_ratio": mixed_count, "embeds_ratio": mixed_count,
                      "sampling/logp_difference/mean": diffs.numel()}
-    return reduce_metrics(trainer.dist, metrics, token_weights)
+    reduced = reduce_metrics(trainer.dist, metrics, token_weights)
+    return finish_std(reduced, cfg.prompts_per_step * cfg.group_size) if trainer.dist.distributed else reduced
 
 
 def periodic_eval(trainer: Trainer) -> dict:

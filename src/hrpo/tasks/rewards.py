@@ -102,6 +102,24 @@ class ScoredRewards:
         return out
 
 
+    def moments(self) -> dict[str, float]:
+        """``rewards/<name>/mean_sq`` (the mean of the squared values): with the means, what a reduction over
+        processes (equal shares) needs to give the global std, see :func:`finish_std`."""
+        return {f"rewards/{name}/mean_sq": sum(v * v for v in values) / len(values) if values else 0.0
+                for name, values in self.values.items()}
+
+
+def finish_std(metrics: dict, n: int) -> dict:
+    """Replace each ``rewards/<name>/std`` by the sample std of all ``n`` completions, from the (process-averaged)
+    ``rewards/<name>/mean`` and ``rewards/<name>/mean_sq``, which it removes."""
+    for key in [k for k in metrics if k.startswith("rewards/") and k.endswith("/mean_sq")]:
+        base = key[:-len("/mean_sq")]
+        mean, mean_sq = metrics[f"{base}/mean"], metrics.pop(key)
+        var = max(0.0, mean_sq - mean * mean) * n / (n - 1) if n > 1 else 0.0
+        metrics[f"{base}/std"] = math.sqrt(var)
+    return metrics
+
+
 def weighted_sum(rewards: Sequence[Reward], values: dict[str, list[float]]) -> list[float]:
     """Per completion, the sum over rewards of weight x value. One reward of weight 1 is its values unchanged
     (the default run's rewards are exactly the task's)."""
