@@ -181,15 +181,17 @@ def generate(*args, **kwargs):  # stands in for hrpo.trainer.generate (the rollo
     _oom()
 
 
-def completion_logprobs(*args, **kwargs):  # stands in for the policy forward of the loss
+def completion_logprobs(*args, **kwargs):  # stands in for the policy forward of the loss (hrpo.update)
     _oom()
 
 
-@pytest.mark.parametrize("fake, phase", [(generate, "the rollout"), (completion_logprobs, "the policy forward")])
-def test_out_of_memory_names_the_settings_to_lower(tmp_path, tiny_model_dirs, capsys, monkeypatch, fake, phase):
-    import hrpo.trainer
+@pytest.mark.parametrize("where, fake, phase", [("trainer", generate, "the rollout"),
+                                                 ("update", completion_logprobs, "the policy forward")])
+def test_out_of_memory_names_the_settings_to_lower(tmp_path, tiny_model_dirs, capsys, monkeypatch, where, fake,
+                                                   phase):
+    import importlib
 
-    monkeypatch.setattr(hrpo.trainer, fake.__name__, fake)
+    monkeypatch.setattr(importlib.import_module(f"hrpo.{where}"), fake.__name__, fake)
     code = main(_train_argv(tiny_model_dirs["llama"], tmp_path / "run", 2, "--beta", "0"))  # no reference pass
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
