@@ -8,7 +8,7 @@
 # by ~0.03 a step: too slow for 10 steps). Sized for a shared 2-core CPU (the preset's 8 prompts a step would
 # double the time); docs/results.md has the measured run and its wall time, as two one-thread processes:
 #   OMP_NUM_THREADS=1 METHODS="sft sft_grpo ppo" bash experiments/baselines.sh &
-#   OMP_NUM_THREADS=1 METHODS="grpo hrpo hrpo_k2" bash experiments/baselines.sh &
+#   OMP_NUM_THREADS=1 METHODS="hrpo_k2 grpo hrpo" bash experiments/baselines.sh &
 #   wait; bash experiments/baselines.sh     # finished runs are skipped: writes compare.md, summary.md, plots/
 set -euo pipefail
 OUT=${OUT:-runs/baselines}
