@@ -101,7 +101,8 @@ def run_trl(args) -> dict:
 
 def run_hrpo(args, mode: str) -> dict:
     """`hrpo train`'s step on the same work (the trainer's own per-phase timings)."""
-    import hrpo
+    from importlib.metadata import version
+
     from hrpo.config import build_config
     from hrpo.trainer import setup, train_step
 
@@ -120,7 +121,7 @@ def run_hrpo(args, mode: str) -> dict:
             steps.append({"step_s": row["timing/step_s"], "rollout_s": row["timing/rollout_s"],
                           "reference_s": row["timing/reference_s"], "policy_s": row["timing/policy_s"]})
             assert row["completions/mean_length"] == args.new_tokens, row["completions/mean_length"]
-    return {"version": getattr(hrpo, "__version__", "0.1.0"), **_medians(steps), "steps": steps}
+    return {"version": version("hrpo"), **_medians(steps), "steps": steps}
 
 
 def worker(args) -> None:

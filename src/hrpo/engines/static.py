@@ -16,10 +16,9 @@ from ..gate import HybridGate
 from ..sampling import MarkerMatcher, Rollout, SamplingConfig, rollout_setup, rows_repeat
 from .graph import CHECK_LAG, SYNC_EVERY, captured_engine
 from .layers import decoder_layer, model_modules
-from .state import StepSpec, allocate_state, collect_rollout, decode_step, prefill, reset_outputs, run_steps
 from .options import OPTIONS
+from .state import StepSpec, allocate_state, collect_rollout, decode_step, prefill, reset_outputs, run_steps
 from .weights import decode_weights, step_gate, weights_signature
-
 
 CACHE_BUCKET = 128  # cache lengths are rounded up to a multiple of this, so one graph serves many prompt lengths
 
