@@ -125,6 +125,12 @@ def _policy_arguments(p) -> None:
     p.add_argument("--model", default=None, help="Hub id, local directory or 'embedded' (default: the adapter's "
                                                  "base model, else embedded).")
     p.add_argument("--adapter", default=None, metavar="RUN_DIR", help="Run or checkpoint directory to load.")
+    p.add_argument("--latent", action="append", default=None, metavar="KEY=VALUE",
+                   help="An option of the latent-reasoning family modes (soft, mixture, multiplex), repeatable, e.g. "
+                        "noise=gumbel, mixture_beta=0.5, multiplex_k=2 (default: the run's; docs/methods.md).")
+    p.add_argument("--infer", choices=("same", "hard"), default="same",
+                   help="hard: decode with plain tokens (mode discrete), e.g. a model trained with soft tokens "
+                        "('train soft, infer hard'); same: the --mode given, else the run's.")
 
 
 def _runtime_arguments(p) -> None:
@@ -306,12 +312,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decode_mode(args: argparse.Namespace) -> str | None:
+    if args.infer == "hard":
+        if args.mode not in (None, "discrete"):
+            raise ConfigError(f"--infer hard decodes with plain tokens (mode discrete); it cannot be combined with "
+                              f"--mode {args.mode}")
+        return "discrete"
+    return args.mode
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     _check_generate(args)
     from .policy import generate_text, load_policy
 
-    policy = load_policy(args.model, args.adapter, args.mode, dtype=args.dtype, device=args.device,
-                         trust_remote_code=args.trust_remote_code)
+    policy = load_policy(args.model, args.adapter, _decode_mode(args), dtype=args.dtype, device=args.device,
+                         trust_remote_code=args.trust_remote_code, latent=args.latent)
     print(policy.dtype_reason, file=sys.stderr, flush=True)
     result = generate_text(policy, args.prompt, args.max_new_tokens, greedy=args.greedy,
                            temperature=args.temperature, seed=args.seed,
@@ -367,8 +382,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     jobs = eval_jobs(args.task, args.data, args.split, args.limit, given, run, prompt_format)
     from .policy import load_policy
 
-    policy = load_policy(args.model, args.adapter, args.mode, dtype=args.dtype, device=args.device,
-                         trust_remote_code=args.trust_remote_code)
+    policy = load_policy(args.model, args.adapter, _decode_mode(args), dtype=args.dtype, device=args.device,
+                         trust_remote_code=args.trust_remote_code, latent=args.latent)
     print(policy.dtype_reason, file=sys.stderr, flush=True)
     out_dir = Path(args.output_dir or args.adapter or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
     rows = []

@@ -19,14 +19,12 @@ from typing import Any
 import yaml
 
 from .algo import ALGOS, check_algo
+from .errors import ConfigError  # noqa: F401 (defined below the config, so lower modules can raise it)
+from .latent_options import FAMILY_MODES, latent_config
 
 EMBEDDED_MODEL = "embedded"
-MODES = ("hybrid", "discrete", "latent", "hidden")
+MODES = ("hybrid", "discrete", "latent", "hidden", *FAMILY_MODES)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-    """A configuration value or file is invalid; the message names the key."""
 
 
 # Rewards known by name (hrpo.tasks.rewards implements them); anything else must be file.py:fn or module:fn.
@@ -50,7 +48,8 @@ class TrainConfig:
     model: str = _f(EMBEDDED_MODEL, "Hub id, local model directory, or 'embedded' (SmolLM2-135M-Instruct).")
     mode: str = _f("hybrid", "hybrid = HRPO (gated latent mixing); discrete = GRPO baseline (gate off); "
                              "latent = the latent alone, no gate (ablation); hidden = last hidden state fed back "
-                             "(Coconut-style ablation).",
+                             "(Coconut-style ablation); soft, mixture, multiplex = the latent-reasoning family "
+                             "(docs/methods.md; soft trains with --latent noise=gumbel|gaussian).",
                    choices=MODES)
     task: str = _f("arithmetic", "Training task: a built-in name (arithmetic (embedded), gsm8k, math, math500, "
                                  "mmlu_stem, arc_c, mmlu_arc_train, nq, triviaqa, hotpotqa, 2wiki, bamboogle), "
@@ -99,6 +98,10 @@ class TrainConfig:
     top_k: int = _f(50, "Top-k for sampling and the latent (0 = off).")
     top_p: float = _f(1.0, "Nucleus top-p for sampling and the latent (1.0 = off).")
     marker: str | None = _f(None, "Answer marker ending the thinking span (default: the prompt format's).")
+    latent: dict | None = _f(None, "Options of the latent-reasoning family modes (soft, mixture, multiplex): "
+                                   "noise, gumbel_tau, gaussian_sigma, mixture_beta, multiplex_k, multiplex_uniform, "
+                                   "cold_stop_entropy, cold_stop_steps (docs/methods.md). YAML: a mapping; CLI: "
+                                   "--latent KEY=VALUE, repeatable.", metavar="KEY=VALUE")
     logprob_temperature: float | None = _f(
         None, "Temperature of training log-probs (default: the sampling temperature; 1.0 = reference code).")
     # objective
@@ -269,7 +272,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     tp = _field_type(f)
     if value is None:
         return None
-    if key == "task_options":
+    if key in ("task_options", "latent"):
         return parse_task_options(value, source)
     if key == "rewards":
         items = [value] if isinstance(value, (str, dict)) else value
@@ -312,8 +315,9 @@ def build_config(yaml_values: dict[str, Any] | None = None, cli_values: dict[str
     values: dict[str, Any] = {}
     values.update({k: _coerce(k, v, "config") for k, v in (yaml_values or {}).items()})
     cli = {k: _coerce(k, v, "command line") for k, v in (cli_values or {}).items()}
-    if cli.get("task_options") and values.get("task_options"):  # --task-option adds to / overrides the YAML's
-        cli["task_options"] = {**values["task_options"], **cli["task_options"]}
+    for key in ("task_options", "latent"):  # --task-option / --latent add to / override the YAML's
+        if cli.get(key) and values.get(key):
+            cli[key] = {**values[key], **cli[key]}
     values.update(cli)
     model = values.get("model", EMBEDDED_MODEL)
     if use_preset and model == EMBEDDED_MODEL:
@@ -385,6 +389,8 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.reward_timeout < 0:
         bad("reward_timeout", "must be >= 0 seconds (0 = no limit)")
     check_algo(cfg, bad)
+    if cfg.algo != "sft":
+        latent_config(cfg.latent, cfg.mode, cfg.top_k, cfg.top_p, training=True)
     _validate_task_keys(cfg, bad)
     _validate_generic(cfg, bad)
 

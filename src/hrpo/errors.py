@@ -9,6 +9,10 @@ from pathlib import Path
 RESUME_HINT = "hrpo train --resume {run_dir}"
 
 
+class ConfigError(ValueError):
+    """A configuration value or file is invalid; the message names the key (re-exported by hrpo.config)."""
+
+
 class TrainingError(RuntimeError):
     """A run stopped for a reason the user can act on; the CLI prints the message (no traceback) and exits
     with ``exit_code``."""

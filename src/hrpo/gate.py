@@ -126,7 +126,7 @@ def mix_inputs(gate: HybridGate | None, token_embeds: torch.Tensor, latents: tor
     return torch.where(keep, mixed, token_embeds), torch.where(thinking_mask, a.mean(dim=-1), ones)
 
 
-MODES = ("hybrid", "discrete", "latent", "hidden")
+MODES = ("hybrid", "discrete", "latent", "hidden", "soft", "mixture", "multiplex")
 
 
 def thinking_inputs(mode: str, gate: HybridGate | None, token_embeds: torch.Tensor, vectors: torch.Tensor | None,
@@ -134,7 +134,8 @@ def thinking_inputs(mode: str, gate: HybridGate | None, token_embeds: torch.Tens
     """Input embeddings for ``mode`` at thinking positions; plain token embeddings elsewhere.
 
     hybrid: the gated mix of token embedding and latent; discrete: token embeddings only; latent: the latent
-    alone (no token embedding, no gate); hidden: the stored last-layer hidden state alone (Coconut-style).
+    alone (no token embedding, no gate); hidden: the stored last-layer hidden state alone (Coconut-style);
+    soft, mixture, multiplex (:mod:`hrpo.latent`): the stored fed-back vector alone.
     ``token_embeds``/``vectors`` (B, T, H), ``thinking_mask`` (B, T). Returns ``(inputs_embeds, mean_a)`` where
     mean_a (B, T) is the weight on the token embedding (the gate's mean a; 0 where latent/hidden replace it).
     """

@@ -20,6 +20,7 @@ import torch
 
 from .gate import HybridGate, thinking_inputs
 from .engines.eager import cache_argument
+from .latent import LatentConfig, action_logprob, embedding_rms, trains_actions
 from .sampling import Rollout, position_ids_from_mask, rows_repeat
 
 ADVANTAGE_EPS = 1e-4
@@ -71,7 +72,8 @@ def _cache_disabled(model) -> bool:
 
 
 def completion_logprobs(model, rollout: Rollout, inputs_embeds: torch.Tensor, temperature: float,
-                        group_size: int = 1, hidden: list | None = None) -> torch.Tensor:
+                        group_size: int = 1, hidden: list | None = None, mode: str = "discrete",
+                        latent: LatentConfig | None = None) -> torch.Tensor:
     """Log-probs (B, C) fp32 of the completion tokens under ``model`` fed ``inputs_embeds`` (B, P + C, H).
 
     One parallel forward with the rollout's attention mask and position ids; logits only for completion
@@ -81,10 +83,13 @@ def completion_logprobs(model, rollout: Rollout, inputs_embeds: torch.Tensor, te
     Under gradient checkpointing in training mode (no KV cache) every row runs the full forward instead.
     With a list ``hidden``, also appends the (B, C, H) last hidden states (the LM head's inputs, with their
     graph) at the positions whose logits predict the completion tokens: what a value head reads (hrpo.value).
+    In a family ``mode`` whose thinking steps draw more than the token (:func:`hrpo.latent.trains_actions`),
+    thinking positions get the log-prob of what the step drew (:func:`hrpo.latent.action_logprob`).
     """
     if hidden is not None:
         with _lm_head_inputs(model) as captured:
-            logprobs = completion_logprobs(model, rollout, inputs_embeds, temperature, group_size)
+            logprobs = completion_logprobs(model, rollout, inputs_embeds, temperature, group_size, mode=mode,
+                                           latent=latent)
         width = rollout.completion_ids.shape[1]
         if captured[-1].shape[1] == width + 1:  # the full forward: logits_to_keep = C + 1
             hidden.append(captured[-1][:, :-1])
@@ -115,12 +120,39 @@ def completion_logprobs(model, rollout: Rollout, inputs_embeds: torch.Tensor, te
         out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=positions,
                     use_cache=False, logits_to_keep=completion_len + 1)
         logits = out.logits[:, :-1]  # position P-1+t predicts completion token t
+    actions = _ActionTerms(model, rollout, mode, latent) if latent and trains_actions(mode, latent) else None
     rows = []
     for i in range(logits.shape[0]):
         scores = logits[i].float() / temperature
         target = rollout.completion_ids[i]
-        rows.append(scores.gather(-1, target[:, None]).squeeze(-1) - torch.logsumexp(scores, dim=-1))
+        lse = torch.logsumexp(scores, dim=-1)
+        token = scores.gather(-1, target[:, None]).squeeze(-1) - lse
+        rows.append(token if actions is None else actions.row(i, scores, lse, token))
     return torch.stack(rows)
+
+
+class _ActionTerms:
+    """The family modes' thinking-step log-probs of one rollout, one row at a time (see completion_logprobs)."""
+
+    def __init__(self, model, rollout: Rollout, mode: str, latent: LatentConfig):
+        self.rollout, self.mode, self.latent = rollout, mode, latent
+        self.embed = model.get_input_embeddings()
+        self.noise_scale = latent.gaussian_sigma * embedding_rms(self.embed.weight)
+        self.dense = None
+        if rollout.action_ids is None and mode == "soft" and latent.noise == "gaussian":  # the whole vocabulary
+            self.dense = self.embed(torch.arange(self.embed.weight.shape[0], device=self.embed.weight.device))
+
+    def row(self, i: int, scores: torch.Tensor, lse: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        r = self.rollout
+        ids = None if r.action_ids is None else r.action_ids[i]
+        at = scores if ids is None else scores.gather(-1, ids)
+        embeds = None
+        if self.mode == "soft" and self.latent.noise == "gaussian":
+            embeds = self.dense if ids is None else self.embed(ids)
+        values = None if r.action_values is None else r.action_values[i]
+        action = action_logprob(self.mode, self.latent, at, lse, token, values,
+                                None if r.latents is None else r.latents[i], embeds, self.noise_scale)
+        return torch.where(r.thinking_mask[i], action, token)
 
 
 @contextmanager

@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, find_checkpoint
-from .config import TrainConfig, load_yaml
+from .config import TrainConfig, load_yaml, parse_task_options
 from .gate import HybridGate, hidden_ratio
+from .latent_options import LatentConfig, latent_config
 from .models import GATE_FILE, ModelLoadError, eos_token_ids, load_gate, load_model, resolve_device
 from .precision import choose_dtype
 from .rollout import generate
@@ -28,19 +29,21 @@ class Policy:
     top_p: float
     eos_ids: list[int]
     device: torch.device
-    mode: str = "hybrid"  # hybrid | discrete | latent | hidden
+    mode: str = "hybrid"  # hybrid | discrete | latent | hidden | soft | mixture | multiplex
+    latent: LatentConfig = LatentConfig()  # the family modes' options (hrpo.latent)
     model_name: str | None = None  # what --model resolved to: a hub id, a directory or "embedded"
     dtype_reason: str = ""  # why the model runs in its dtype (what --dtype auto chose, and why)
 
 
 def load_policy(model: str | None = None, adapter: str | Path | None = None, mode: str | None = None,
                 dtype: str = "auto", device: str = "auto", marker: str | None = None,
-                trust_remote_code: bool = False) -> Policy:
+                trust_remote_code: bool = False, latent: dict | list | None = None) -> Policy:
     """Load ``model`` (default: the adapter run's base model, else the embedded one) with an optional adapter.
 
     ``adapter`` is a run directory (newest checkpoint used) or a checkpoint directory. Mode, marker and
     sampling temperature default to the run's saved config (never parsed from directory names).
-    ``trust_remote_code`` is never taken from a saved config: the caller must ask for it.
+    ``trust_remote_code`` is never taken from a saved config: the caller must ask for it. ``latent``: options of
+    the family modes (a mapping or KEY=VALUE strings) over the run's own when decoding in the run's mode.
     """
     saved: dict = {}  # the run's config.yaml values; TrainConfig supplies the defaults for the rest
     ckpt = None
@@ -52,6 +55,9 @@ def load_policy(model: str | None = None, adapter: str | Path | None = None, mod
                 break
     run = TrainConfig(**saved)
     mode = mode or run.mode
+    options = dict(run.latent or {}) if mode == run.mode else {}
+    options.update(parse_task_options(latent, "--latent") if latent else {})
+    latent_cfg = latent_config(options, mode, run.top_k, run.top_p)  # before the model loads
     dev = resolve_device(device)
     precision = choose_dtype(dtype, dev)
     loaded = load_model(model or run.model, dtype=precision.dtype, device=dev,
@@ -84,7 +90,7 @@ def load_policy(model: str | None = None, adapter: str | Path | None = None, mod
     return Policy(model=net, tokenizer=loaded.tokenizer, gate=gate, marker=marker or run.marker or "####",
                   temperature=run.temperature, top_k=run.top_k, top_p=run.top_p,
                   eos_ids=eos_token_ids(loaded.model, loaded.tokenizer), device=dev, mode=mode,
-                  model_name=model or run.model, dtype_reason=precision.summary)
+                  model_name=model or run.model, dtype_reason=precision.summary, latent=latent_cfg)
 
 
 def generate_ids(policy: Policy, prompt_ids: list[list[int]], max_new_tokens: int, greedy: bool = False,
@@ -102,7 +108,7 @@ def generate_ids(policy: Policy, prompt_ids: list[list[int]], max_new_tokens: in
     generator = torch.Generator(device=policy.device).manual_seed(seed)
     return generate(policy.model, ids, mask, sampling, gate=policy.gate, matcher=matcher,
                     eos_token_ids=policy.eos_ids, pad_token_id=policy.tokenizer.pad_token_id, generator=generator,
-                    mode=policy.mode, engine=engine)
+                    mode=policy.mode, engine=engine, latent=policy.latent)
 
 
 def latent_neighbours(policy: Policy, rollout: Rollout, row: int = 0, k: int = 5) -> list[dict]:

@@ -14,6 +14,7 @@ from .engines.eager import generate_eager
 from .engines.static import generate_fast
 from .engines.weights import unsupported_reason
 from .gate import HybridGate
+from .latent import LatentConfig
 from .sampling import (MarkerMatcher, Rollout, SamplingConfig, marker_matcher, rollout_row_seeds, rollout_setup,
                        row_uniforms, sample_tokens)
 
@@ -43,11 +44,12 @@ def resolve_engine(engine: str, model, mode: str) -> str:
 def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampling: SamplingConfig, *,
              gate: HybridGate | None, matcher: MarkerMatcher | None, eos_token_ids: list[int], pad_token_id: int,
              generator: torch.Generator | None = None, row_seeds: torch.Tensor | None = None, group_size: int = 1,
-             mode: str | None = None, engine: str = "auto") -> Rollout:
+             mode: str | None = None, engine: str = "auto", latent: LatentConfig | None = None) -> Rollout:
     """Sample completions for left-padded prompts (B, P).
 
     ``mode`` (default: hybrid with a gate, else discrete) is hybrid (HRPO), discrete (GRPO: plain embeddings),
-    latent (feed the latent alone) or hidden (feed the last hidden state). ``model`` is any HF causal LM (or
+    latent (feed the latent alone), hidden (feed the last hidden state), or one of the latent-reasoning family
+    (soft, mixture, multiplex; :mod:`hrpo.latent`, with its options ``latent``). ``model`` is any HF causal LM (or
     PeftModel) accepting ``inputs_embeds``, ``attention_mask``, ``position_ids`` and a KV cache. Decoding stops
     when every row has produced an EOS or after ``sampling.max_new_tokens`` tokens. With ``group_size`` G > 1,
     rows come in runs of G identical prompts (the G samples of one question): each prompt is prefilled once
@@ -61,4 +63,4 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, samplin
     engine = resolve_engine(engine, model, mode)
     run = generate_eager if engine == "eager" else partial(generate_fast, engine=engine)
     return run(model, prompt_ids, prompt_mask, sampling, gate=gate, matcher=matcher, eos_token_ids=eos_token_ids,
-               pad_token_id=pad_token_id, row_seeds=row_seeds, group_size=group_size, mode=mode)
+               pad_token_id=pad_token_id, row_seeds=row_seeds, group_size=group_size, mode=mode, latent=latent)

@@ -46,6 +46,9 @@ class Rollout:
         (in hidden mode: the last-layer hidden state that produced the token's logits)
     logprobs (B, C) fp32: log-prob of each token under the temperature-scaled full distribution
     gate_mean (B, C) fp32: mean over H of the gate's a at mixed positions, 1.0 elsewhere
+    action_ids (B, C, n) long or None: what a family mode drew per step besides the token, for its log-prob
+        in the objective (multiplex: the K draws; noisy soft mode: the kept ids); action_values (B, C, n) fp32
+        or None: the Gumbel-perturbed scores of those ids (hrpo.latent)
     """
 
     prompt_ids: torch.Tensor
@@ -56,6 +59,8 @@ class Rollout:
     latents: torch.Tensor | None
     logprobs: torch.Tensor
     gate_mean: torch.Tensor
+    action_ids: torch.Tensor | None = None
+    action_values: torch.Tensor | None = None
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -289,6 +294,13 @@ def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig, uniforms: torc
     lp_scores = scores if lp_temp == sampling.temperature else logits.float() / lp_temp
     logprobs = lp_scores.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(lp_scores, dim=-1)
     return tokens, logprobs, kept_probs, kept_ids
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+    """(B,) fp32 log-probs of ``tokens`` (B,) under the temperature-scaled full distribution of ``logits``
+    (B, V), as :func:`sample_tokens` returns them for the tokens it draws."""
+    scores = logits.float() / (sampling.logprob_temperature or sampling.temperature)
+    return scores.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(scores, dim=-1)
 
 
 def rows_repeat(ids: torch.Tensor, mask: torch.Tensor, group_size: int) -> bool:

@@ -35,6 +35,7 @@ from .plots import write_run_plots
 from .precision import choose_dtype
 from .progress import progress_bar, quiet_libraries
 from .tasks.rewards import DEFAULT_REWARDS, build_rewards, finish_std, score_rewards
+from .latent_options import LatentConfig, latent_config
 from .objective import completion_logprobs, group_advantages, rollout_inputs_embeds
 from .ppo import ValueHead
 from .sft import sft_step
@@ -52,7 +53,7 @@ METRICS_FILE = "metrics.jsonl"
 # Everything else (max_steps, learning rates, sampling, logging, checkpointing, device, ...) may be overridden.
 RESUME_FIXED_KEYS = ("model", "mode", "algo", "task", "prompt_format", "marker", "seed", "num_train_examples",
                      "prompts_per_step", "group_size", "lora_r", "lora_alpha", "r_min", "r_max", "gate_c",
-                     "dtype", "task_options", "rewards",
+                     "dtype", "task_options", "rewards", "latent",
                      "prompt_field", "prompt_template", "answer_field", "system_prompt", "answer_check")
 
 
@@ -241,6 +242,11 @@ def sampling_config(cfg: TrainConfig) -> SamplingConfig:
                           top_p=cfg.top_p, logprob_temperature=cfg.logprob_temperature)
 
 
+def latent_options(cfg: TrainConfig) -> LatentConfig:
+    """The run's :class:`LatentConfig` (the family modes' options; validated with the config)."""
+    return latent_config(cfg.latent, cfg.mode, cfg.top_k, cfg.top_p)
+
+
 def reference_logprobs(trainer: Trainer, rollout: Rollout, temperature: float) -> torch.Tensor:
     """(B, C) log-probs of the frozen base model (LoRA disabled) reading plain token embeddings."""
     model = trainer.model
@@ -249,7 +255,8 @@ def reference_logprobs(trainer: Trainer, rollout: Rollout, temperature: float) -
         for mb in micro_batches(rollout.completion_ids.shape[0], trainer.cfg.micro_batch_size):
             part = rollout.select(mb)
             embeds, _ = rollout_inputs_embeds(model, None, part, mode="discrete")
-            rows.append(completion_logprobs(model, part, embeds, temperature, trainer.cfg.group_size))
+            rows.append(completion_logprobs(model, part, embeds, temperature, trainer.cfg.group_size,
+                                            mode=trainer.cfg.mode, latent=latent_options(trainer.cfg)))
     return torch.cat(rows)
 
 
@@ -267,7 +274,8 @@ def train_step(trainer: Trainer) -> dict:
     rollout = generate(model, prompt_ids, prompt_mask, sampling_config(cfg), gate=trainer.gate,
                        matcher=trainer.matcher, eos_token_ids=trainer.eos_ids,
                        pad_token_id=trainer.tokenizer.pad_token_id, row_seeds=row_seeds,
-                       group_size=cfg.group_size, mode=cfg.mode, engine=cfg.rollout_engine)
+                       group_size=cfg.group_size, mode=cfg.mode, engine=cfg.rollout_engine,
+                       latent=latent_options(cfg))
     t_rollout = time.perf_counter()
 
     completions = decode_completions(trainer.tokenizer, rollout.completion_ids, rollout.completion_mask)

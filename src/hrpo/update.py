@@ -25,6 +25,7 @@ import torch
 
 from .algo import default_path, num_iterations, off_policy
 from .distributed import Prepared, any_process, backward, gradient_sync
+from .latent_options import latent_config
 from .objective import (clipped_loss, completion_logprobs, hrpo_loss, k3_kl, rollout_inputs_embeds,
                         truncated_importance_weights)
 from .ppo import gae, token_rewards, value_loss, whiten
@@ -69,10 +70,12 @@ def _forward(trainer, prepared, part, temperature: float, with_values: bool):
     """(logprobs (b, C), values (b, C) or None) of one micro-batch under the current parameters."""
     cfg = trainer.cfg
     embeds, _ = rollout_inputs_embeds(prepared.model, prepared.gate, part, mode=cfg.mode)
+    actions = {"mode": cfg.mode, "latent": latent_config(cfg.latent, cfg.mode, cfg.top_k, cfg.top_p)}
     if not with_values:
-        return completion_logprobs(prepared.model, part, embeds, temperature, cfg.group_size), None
+        return completion_logprobs(prepared.model, part, embeds, temperature, cfg.group_size, **actions), None
     hidden: list = []
-    logprobs = completion_logprobs(prepared.model, part, embeds, temperature, cfg.group_size, hidden=hidden)
+    logprobs = completion_logprobs(prepared.model, part, embeds, temperature, cfg.group_size, hidden=hidden,
+                                   **actions)
     return logprobs, trainer.value_head(hidden[0])
 
 

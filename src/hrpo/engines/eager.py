@@ -12,8 +12,10 @@ import torch
 from transformers import DynamicCache
 
 from ..gate import HybridGate, thinking_inputs
+from ..latent import (FAMILY_MODES, LatentConfig, action_width, check_latent, cold_stop, draw, embedding_rms,
+                      family_inputs)
 from ..sampling import (MarkerMatcher, Rollout, SamplingConfig, fed_back_vectors, kept_count, position_ids_from_mask,
-                        row_uniforms, rows_repeat, sample_tokens)
+                        row_uniforms, rows_repeat, sample_tokens, token_logprobs)
 
 
 def cache_argument(model) -> str:
@@ -25,9 +27,13 @@ def cache_argument(model) -> str:
 @torch.no_grad()
 def generate_eager(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampling: SamplingConfig, *,
                    gate: HybridGate | None, matcher: MarkerMatcher | None, eos_token_ids: list[int],
-                   pad_token_id: int, row_seeds: torch.Tensor, group_size: int, mode: str) -> Rollout:
+                   pad_token_id: int, row_seeds: torch.Tensor, group_size: int, mode: str,
+                   latent: LatentConfig | None = None) -> Rollout:
     """:func:`hrpo.rollout.generate` on the eager engine, with checked arguments: ``mode`` resolved and
     ``row_seeds`` (B,) on the prompts' device (see :func:`hrpo.sampling.rollout_setup`)."""
+    latent = latent or LatentConfig()
+    check_latent(latent, mode, sampling.top_k, sampling.top_p)
+    family = mode in FAMILY_MODES
     batch, device = prompt_ids.shape[0], prompt_ids.device
     embed = model.get_input_embeddings()
     mixing = mode != "discrete"
@@ -51,8 +57,13 @@ def generate_eager(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s
     next_position = positions[:, -1:] + 1
     vocab_size = last_logits.shape[-1]
     dense_embeds = None  # (V, H) embedding outputs: the latent is dense only when no top-k keeps it sparse
-    if mode in ("hybrid", "latent") and kept_count(sampling, vocab_size) == vocab_size:
+    dense = kept_count(sampling, vocab_size) == vocab_size
+    if mode in ("hybrid", "latent", *FAMILY_MODES) and dense:
         dense_embeds = embed(torch.arange(vocab_size, device=device))
+    noise_scale = latent.gaussian_sigma * embedding_rms(embed.weight) if latent.noise == "gaussian" else 0.0
+    width = action_width(mode, latent, 0 if dense else kept_count(sampling, vocab_size))
+    ids_out, values_out = [], []
+    low_run = torch.zeros(batch, dtype=torch.long, device=device)
 
     tokens_out, logprobs_out, real_out, thinking_out, latents_out, gate_mean_out = [], [], [], [], [], []
     state = torch.zeros(batch, dtype=torch.long, device=device)
@@ -60,6 +71,12 @@ def generate_eager(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s
     for step in range(max_new):
         tokens, logprobs, kept_probs, kept_ids = sample_tokens(last_logits, sampling,
                                                                row_uniforms(row_seeds, step))
+        if family:
+            in_span = ~finished & (state < matcher.done_state)
+            drawn = draw(mode, latent, sampling, tokens, kept_probs, kept_ids, row_seeds, step, in_span, dense)
+            tokens = drawn.tokens
+            if mode == "soft":  # its token is argmax q (or argmax z), not the one sample_tokens drew
+                logprobs = token_logprobs(last_logits, tokens, sampling)
         tokens = tokens.masked_fill(finished, pad_token_id)
         real_out.append(~finished)
         finished = finished | torch.isin(tokens, eos)
@@ -68,8 +85,21 @@ def generate_eager(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s
         last = step == max_new - 1
         if mixing:
             state = matcher.step(state, tokens)
+            if mode == "soft":
+                low_run, stop = cold_stop(latent, low_run, last_logits, sampling.temperature,
+                                          in_span & (state < matcher.done_state))
+                state = state.masked_fill(stop, matcher.done_state)
             thinking = ~finished & (state < matcher.done_state) & (not last)
-            vectors = fed_back_vectors(mode, kept_probs, kept_ids, embed, dense_embeds, last_hidden)
+            if family:
+                vectors, family_lp = family_inputs(mode, latent, sampling, last_logits, drawn, kept_probs, kept_ids,
+                                                   embed, dense_embeds, row_seeds, step, logprobs, thinking,
+                                                   noise_scale, embed.weight.dtype)
+                logprobs_out[-1] = family_lp.masked_fill(~real_out[-1], 0.0)
+                if width:
+                    ids_out.append(drawn.action_ids)
+                    values_out.append(drawn.action_values)
+            else:
+                vectors = fed_back_vectors(mode, kept_probs, kept_ids, embed, dense_embeds, last_hidden)
             latents_out.append(vectors)
         else:
             thinking = torch.zeros_like(finished)
@@ -97,4 +127,6 @@ def generate_eager(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s
         latents=torch.stack(latents_out, dim=1).to(embed.weight.dtype) if mixing else None,
         logprobs=torch.stack(logprobs_out, dim=1),
         gate_mean=torch.stack(gate_mean_out, dim=1),
+        action_ids=torch.stack(ids_out, dim=1) if ids_out else None,
+        action_values=torch.stack(values_out, dim=1) if values_out and values_out[0] is not None else None,
     )

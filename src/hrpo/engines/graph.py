@@ -17,7 +17,7 @@ import torch
 from .layers import Modules, attention_inputs, decoder_layer, forward, layer_output, make_layer, model_modules, \
     use_decode_kernel
 from .options import OPTIONS
-from .state import DecodeState, StepSpec, allocate_state, decode_step, sample_into, step_inputs, step_outputs
+from .state import DecodeState, StepSpec, action_shape, allocate_state, decode_step, sample_into, step_inputs, step_outputs
 from .weights import ConcatenatedGate, DecodeWeights, concatenated_gate, decode_weights, step_gate, \
     weights_signature
 
@@ -129,7 +129,7 @@ def _capture_once(model, weights: DecodeWeights, spec: StepSpec, key, batch, cac
     embed = modules.embed
     state = allocate_state(weights, batch, cache_len, spec.max_new, embed.weight.shape[1],
                            weights.lm_head.shape[0], spec.mode != "discrete", embed.weight.dtype,
-                           embed.weight.device)
+                           embed.weight.device, **action_shape(spec, weights.lm_head.shape[0]))
     layer_fn, start, finish = step_functions(compile_layers, compile_sampler)
     state.valid[:, 0] = True
     lengths = sorted({attend_length(n, cache_len) for n in range(1, cache_len + 1)})
@@ -182,8 +182,8 @@ def _capture(model, weights: DecodeWeights, spec: StepSpec, key, batch, cache_le
 def captured_engine(model, spec: StepSpec, batch: int, cache_len: int) -> GraphEngine:
     s = spec.sampling
     key = (batch, cache_len, spec.max_new, spec.mode, id(spec.gate), id(spec.matcher), tuple(spec.eos.tolist()),
-           spec.pad_token_id, s.temperature, s.top_k, s.top_p, s.greedy, s.logprob_temperature,
-           weights_signature(model))
+           spec.pad_token_id, s.temperature, s.top_k, s.top_p, s.greedy, s.logprob_temperature, spec.latent,
+           spec.noise_scale, weights_signature(model))
     engine = _GRAPHS.get(id(model))
     if engine is not None and engine.key == key:
         decode_weights(model, into=engine.weights)  # this call's weights, where the graphs read them

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import torch
 
 from ..gate import HybridGate, thinking_inputs
+from ..latent import FAMILY_MODES, LatentConfig, action_width, cold_stop, draw, family_inputs
 from ..sampling import (MarkerMatcher, Rollout, SamplingConfig, fed_back_vectors, kept_count, position_ids_from_mask,
-                        row_uniforms, sample_tokens)
+                        row_uniforms, sample_tokens, token_logprobs)
 from .layers import Modules, decoder_layer, decoder_layers, forward, last_logits
 from .weights import DecodeWeights
 
@@ -37,10 +38,14 @@ class DecodeState:
     logprobs: torch.Tensor
     gate_mean: torch.Tensor
     latents: torch.Tensor | None
+    low_run: torch.Tensor | None = None  # (B,) long: soft mode's consecutive low-entropy steps (cold stop)
+    action_ids: torch.Tensor | None = None  # (B, N, n): a family mode's draws per step (hrpo.latent)
+    action_values: torch.Tensor | None = None  # (B, N, n) fp32: their Gumbel-perturbed scores
 
 
 def allocate_state(weights: DecodeWeights, batch: int, cache_len: int, max_new: int, hidden_size: int,
-                   vocab: int, latents: bool, dtype, device) -> DecodeState:
+                   vocab: int, latents: bool, dtype, device, action_width: int = 0,
+                   action_values: bool = False) -> DecodeState:
     kv = (2, batch, weights.num_kv_heads, cache_len, weights.head_dim)
     zeros = lambda *shape, **kw: torch.zeros(*shape, device=device, **kw)  # noqa: E731
     return DecodeState(
@@ -60,7 +65,17 @@ def allocate_state(weights: DecodeWeights, batch: int, cache_len: int, max_new: 
         logprobs=zeros(batch, max_new, dtype=torch.float32),
         gate_mean=torch.ones(batch, max_new, device=device),
         latents=zeros(batch, max_new, hidden_size, dtype=dtype) if latents else None,
+        low_run=zeros(batch, dtype=torch.long),
+        action_ids=zeros(batch, max_new, action_width, dtype=torch.long) if action_width else None,
+        action_values=zeros(batch, max_new, action_width) if action_width and action_values else None,
     )
+
+
+def action_shape(spec: "StepSpec", vocab: int) -> dict:
+    """The ``action_width``/``action_values`` arguments of :func:`allocate_state` for ``spec``'s mode."""
+    kept = kept_count(spec.sampling, vocab)
+    width = action_width(spec.mode, spec.latent, 0 if kept == vocab else kept)
+    return {"action_width": width, "action_values": width > 0 and spec.mode == "soft" and spec.latent.noise == "gumbel"}
 
 
 @dataclass
@@ -74,6 +89,8 @@ class StepSpec:
     eos: torch.Tensor  # (E,) long
     pad_token_id: int
     max_new: int
+    latent: LatentConfig = LatentConfig()
+    noise_scale: float = 0.0  # std of soft mode's Gaussian noise (gaussian_sigma x the embeddings' RMS)
 
 
 def sample_into(state: DecodeState, spec: StepSpec, embed) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -83,17 +100,39 @@ def sample_into(state: DecodeState, spec: StepSpec, embed) -> tuple[torch.Tensor
     tokens, logprobs, kept_probs, kept_ids = sample_tokens(state.logits, spec.sampling,
                                                            row_uniforms(state.row_seeds, t))
     real = ~state.finished
+    vocab = state.logits.shape[-1]
+    family, dense = spec.mode in FAMILY_MODES, kept_count(spec.sampling, vocab) == vocab
+    if family:
+        in_span = real & (state.marker_state < spec.matcher.done_state)
+        drawn = draw(spec.mode, spec.latent, spec.sampling, tokens, kept_probs, kept_ids, state.row_seeds, t,
+                     in_span, dense)
+        tokens = drawn.tokens
+        if spec.mode == "soft":  # its token is argmax q (or argmax z), not the one sample_tokens drew
+            logprobs = token_logprobs(state.logits, tokens, spec.sampling)
     tokens = tokens.masked_fill(state.finished, spec.pad_token_id)
     finished = state.finished | (tokens[:, None] == spec.eos).any(dim=-1)
     vectors = None
     if spec.mode != "discrete":
         marker_state = spec.matcher.table[state.marker_state, tokens]
+        if spec.mode == "soft":
+            low_run, stop = cold_stop(spec.latent, state.low_run, state.logits, spec.sampling.temperature,
+                                      in_span & (marker_state < spec.matcher.done_state))
+            state.low_run.copy_(low_run)
+            marker_state = marker_state.masked_fill(stop, spec.matcher.done_state)
         state.marker_state.copy_(marker_state)
         thinking = ~finished & (marker_state < spec.matcher.done_state) & (t < spec.max_new - 1)
-        vocab = state.logits.shape[-1]
         # Llama-family embeddings are unscaled: the weight rows are the embedding outputs (a fixed buffer)
-        dense = embed.weight if kept_count(spec.sampling, vocab) == vocab else None
-        vectors = fed_back_vectors(spec.mode, kept_probs, kept_ids, embed, dense, state.hidden)
+        dense_embeds = embed.weight if dense else None
+        if family:
+            vectors, logprobs = family_inputs(spec.mode, spec.latent, spec.sampling, state.logits, drawn, kept_probs,
+                                              kept_ids, embed, dense_embeds, state.row_seeds, t, logprobs, thinking,
+                                              spec.noise_scale, state.latents.dtype)
+            if state.action_ids is not None:
+                state.action_ids.index_copy_(1, column, drawn.action_ids[:, None])
+            if state.action_values is not None:
+                state.action_values.index_copy_(1, column, drawn.action_values[:, None])
+        else:
+            vectors = fed_back_vectors(spec.mode, kept_probs, kept_ids, embed, dense_embeds, state.hidden)
         state.latents.index_copy_(1, column, vectors[:, None].to(state.latents.dtype))
     else:
         thinking = torch.zeros_like(finished)
@@ -182,8 +221,9 @@ def reset_outputs(state: DecodeState, row_seeds: torch.Tensor) -> None:
     for t in (state.tokens, state.real, state.thinking, state.logprobs):
         t.zero_()
     state.gate_mean.fill_(1.0)
-    if state.latents is not None:
-        state.latents.zero_()
+    for t in (state.latents, state.low_run, state.action_ids, state.action_values):
+        if t is not None:
+            t.zero_()
 
 
 def _finished_probe(finished: torch.Tensor):
@@ -241,4 +281,6 @@ def collect_rollout(state: DecodeState, prompt_ids, prompt_mask) -> Rollout:
         latents=None if state.latents is None else state.latents[:, cut].clone(),
         logprobs=state.logprobs[:, cut].clone(),
         gate_mean=state.gate_mean[:, cut].clone(),
+        action_ids=None if state.action_ids is None else state.action_ids[:, cut].clone(),
+        action_values=None if state.action_values is None else state.action_values[:, cut].clone(),
     )

@@ -13,11 +13,12 @@ from dataclasses import replace
 import torch
 
 from ..gate import HybridGate
+from ..latent import LatentConfig, check_latent, embedding_rms
 from ..sampling import MarkerMatcher, Rollout, SamplingConfig, rollout_setup, rows_repeat
 from .graph import CHECK_LAG, SYNC_EVERY, captured_engine
 from .layers import decoder_layer, model_modules
 from .options import OPTIONS
-from .state import StepSpec, allocate_state, collect_rollout, decode_step, prefill, reset_outputs, run_steps
+from .state import StepSpec, action_shape, allocate_state, collect_rollout, decode_step, prefill, reset_outputs, run_steps
 from .weights import decode_weights, step_gate, weights_signature
 
 CACHE_BUCKET = 128  # cache lengths are rounded up to a multiple of this, so one graph serves many prompt lengths
@@ -38,7 +39,8 @@ def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sa
                   gate: HybridGate | None, matcher: MarkerMatcher | None, eos_token_ids: list[int],
                   pad_token_id: int, generator: torch.Generator | None = None,
                   row_seeds: torch.Tensor | None = None, group_size: int = 1, mode: str | None = None,
-                  engine: str = "static", sync_every: int | None = None, check_lag: int | None = None) -> Rollout:
+                  engine: str = "static", sync_every: int | None = None, check_lag: int | None = None,
+                  latent: LatentConfig | None = None) -> Rollout:
     """:func:`hrpo.rollout.generate` on the static engine (``engine='static'``) or its CUDA graph ('graph').
 
     ``sync_every``, ``check_lag``: see :func:`run_steps` (static defaults 1 and 0; graph :data:`SYNC_EVERY` and
@@ -48,13 +50,16 @@ def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sa
     batch, length = prompt_ids.shape
     max_new = sampling.max_new_tokens
     mode, row_seeds = rollout_setup(mode, gate, matcher, row_seeds, generator, prompt_mask, device)
+    latent = latent or LatentConfig()
+    check_latent(latent, mode, sampling.top_k, sampling.top_p)
+    modules = model_modules(model)
+    noise_scale = latent.gaussian_sigma * embedding_rms(modules.embed.weight) if latent.noise == "gaussian" else 0.0
     if matcher is not None:
         matcher.step(torch.zeros(1, dtype=torch.long, device=device), torch.zeros(1, dtype=torch.long, device=device))
     spec = StepSpec(sampling=sampling, mode=mode, gate=gate, matcher=matcher,
                     eos=torch.tensor(eos_token_ids or [-1], dtype=torch.long, device=device),
-                    pad_token_id=pad_token_id, max_new=max_new)
+                    pad_token_id=pad_token_id, max_new=max_new, latent=latent, noise_scale=noise_scale)
     group = group_size if group_size > 1 and rows_repeat(prompt_ids, prompt_mask, group_size) else 1
-    modules = model_modules(model)
 
     if engine == "graph":
         captured = captured_engine(model, spec, batch, _bucket(length + max_new))
@@ -66,7 +71,8 @@ def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sa
         weights = decode_weights(model, merge_lora=merge_lora_here(model))
         spec = replace(spec, gate=step_gate(spec.gate))
         state = allocate_state(weights, batch, length + max_new, max_new, modules.embed.weight.shape[1],
-                               weights.lm_head.shape[0], mode != "discrete", modules.embed.weight.dtype, device)
+                               weights.lm_head.shape[0], mode != "discrete", modules.embed.weight.dtype, device,
+                               **action_shape(spec, weights.lm_head.shape[0]))
         step_fn = lambda t: decode_step(state, spec, weights, modules, decoder_layer,  # noqa: E731
                                         attend=length + t + 1)
         sync_every, check_lag = sync_every or 1, check_lag or 0
