@@ -3,6 +3,7 @@ experiments/modes.sh or experiments/baselines.sh. Prints Markdown.
 
     python experiments/summarize.py runs/modes
     python experiments/summarize.py runs/baselines --by run_name --order sft,sft_grpo,ppo,grpo,hrpo,hrpo_k2 --window 3
+    python experiments/summarize.py runs/methods --inference-table   # experiments/methods.sh's evaluations
 """
 
 import argparse
@@ -54,11 +55,32 @@ def main(out: str, by: str = "mode", order: list[str] | None = None, window: int
             print(f"| {name} | {len(group)} | " + " | ".join(cells) + " |")
 
 
+def inference_table(out: str) -> None:
+    """Accuracy of the evaluations experiments/methods.sh runs besides training: the base model in each
+    training-free mode (base/NAME[-sSEED]) and the soft-token runs decoded with plain tokens (RUN/hard)."""
+    groups = defaultdict(list)
+    root = Path(out)
+    for path in sorted(root.glob("base/*/eval_arithmetic.json")):
+        name = path.parent.name.rsplit("-s", 1)[0] if path.parent.name[-3:-1] == "-s" else path.parent.name
+        groups[f"base model, {name}"].append(json.loads(path.read_text())["metrics"]["accuracy"])
+    for path in sorted(root.glob("*-s*/hard/eval_arithmetic.json")):
+        method = path.parent.parent.name.rsplit("-s", 1)[0]
+        groups[f"{method}-trained, infer hard"].append(json.loads(path.read_text())["metrics"]["accuracy"])
+    print("\n| evaluation | seeds | accuracy (100 test) |\n|---|---|---|")
+    for name, values in groups.items():
+        print(f"| {name} | {len(values)} | {_cell(values)} |")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", help="directory holding the run directories")
     parser.add_argument("--by", default="mode", help="config key that groups runs (default: mode)")
     parser.add_argument("--order", default=None, help="comma list of group names, in table order")
     parser.add_argument("--window", type=int, default=10, help="steps averaged for the first/last reward")
+    parser.add_argument("--inference-table", action="store_true",
+                        help="print the table of experiments/methods.sh's evaluations without training instead")
     args = parser.parse_args()
-    main(args.out, args.by, args.order.split(",") if args.order else None, args.window)
+    if args.inference_table:
+        inference_table(args.out)
+    else:
+        main(args.out, args.by, args.order.split(",") if args.order else None, args.window)

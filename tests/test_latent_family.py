@@ -259,3 +259,26 @@ def test_each_trainable_mode_trains_lora(case, tmp_path, tiny_model_dirs):
     assert metrics["sampling/logp_difference/max"] < 1e-3  # rollout and training agree on the step's log-prob
     unchanged = [n for n, p in lora_parameters(trainer.model) if torch.equal(p, before[n])]
     assert not unchanged
+
+
+def test_a_run_decodes_with_its_latent_options_or_hard(tmp_path, tiny_model_dirs):
+    import argparse
+
+    from hrpo.cli import _decode_mode
+    from hrpo.policy import generate_ids, load_policy
+    from hrpo.trainer import train
+
+    values = {**tiny_train_args(tiny_model_dirs["qwen2"], tmp_path / "run"), "mode": "soft",
+              "latent": {"noise": "gumbel", "gumbel_tau": 0.5}}
+    train(build_config(cli_values=values), quiet=True)
+    policy = load_policy(adapter=tmp_path / "run", device="cpu")
+    assert policy.mode == "soft" and policy.latent == LatentConfig(noise="gumbel", gumbel_tau=0.5)
+    rollout = generate_ids(policy, [[5, 6, 7]], 6, temperature=1.0)
+    assert rollout.action_values is not None  # decoded with the run's Gumbel noise
+    override = load_policy(adapter=tmp_path / "run", device="cpu", latent=["gumbel_tau=2"], top_k=5)
+    assert override.latent.gumbel_tau == 2.0 and override.top_k == 5
+    hard = load_policy(adapter=tmp_path / "run", device="cpu",
+                       mode=_decode_mode(argparse.Namespace(infer="hard", mode=None)))
+    assert hard.mode == "discrete" and hard.latent == LatentConfig()
+    with pytest.raises(ConfigError, match="--infer hard"):
+        _decode_mode(argparse.Namespace(infer="hard", mode="soft"))

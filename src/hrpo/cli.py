@@ -8,44 +8,13 @@ import math
 import sys
 from pathlib import Path
 
+from .arg_types import non_negative_int, positive_int, temperature_value, top_p_value
 from .config import DTYPES, MODES, TASK_KEYS, ConfigError, add_config_arguments, build_config, load_yaml
 
 
 # ---------------------------------------------------------------------------------------- argument checks
 # Bad values fail at parse time (argparse: "hrpo CMD: error: argument --flag: ...", exit 2) or in the command's
 # check function, which runs before any data or model is loaded (ConfigError: exit 2 through main).
-
-
-def _int_at_least(minimum: int):
-    """An argparse ``type=`` for integers >= ``minimum``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    parse.__name__ = f"int >= {minimum}"
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
-
-
-def _temperature(text: str) -> float:
-    """An argparse ``type=`` for a sampling temperature: a finite number > 0 (0 is not greedy decoding here)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be > 0, got 0 (for greedy decoding pass --greedy instead of "
-                                         "--temperature)")
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
 
 
 def _check_device(name: str | None) -> None:
@@ -128,6 +97,10 @@ def _policy_arguments(p) -> None:
     p.add_argument("--latent", action="append", default=None, metavar="KEY=VALUE",
                    help="An option of the latent-reasoning family modes (soft, mixture, multiplex), repeatable, e.g. "
                         "noise=gumbel, mixture_beta=0.5, multiplex_k=2 (default: the run's; docs/methods.md).")
+    p.add_argument("--top-k", type=non_negative_int, default=None, metavar="K",
+                   help="Top-k of the sampling distribution and the latent, 0 = off (default: the run's, else 50).")
+    p.add_argument("--top-p", type=top_p_value, default=None, metavar="P",
+                   help="Nucleus top-p in (0, 1], 1 = off (default: the run's, else 1.0).")
     p.add_argument("--infer", choices=("same", "hard"), default="same",
                    help="hard: decode with plain tokens (mode discrete), e.g. a model trained with soft tokens "
                         "('train soft, infer hard'); same: the --mode given, else the run's.")
@@ -150,9 +123,9 @@ def _generate_parser(sub) -> None:
                        formatter_class=_DefaultsHelpFormatter)
     _policy_arguments(p)
     p.add_argument("--prompt", required=True, help="User message (the chat template is applied).")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="Maximum new tokens (>= 1).")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256, help="Maximum new tokens (>= 1).")
     p.add_argument("--greedy", action="store_true", help="Greedy decoding (the latent still uses the temperature).")
-    p.add_argument("--temperature", type=_temperature, default=None,
+    p.add_argument("--temperature", type=temperature_value, default=None,
                    help="Sampling temperature, > 0 (default: the run's; for greedy decoding use --greedy).")
     p.add_argument("--mode", choices=MODES, default=None,
                    help="Decoding mode (default: the run's mode, hybrid without an adapter).")
@@ -180,17 +153,17 @@ def _eval_parser(sub) -> None:
     p.add_argument("--data", action="append", default=None, metavar="PATH",
                    help="Local data instead of the hub (see below; repeatable, one per --task).")
     p.add_argument("--split", default="test", help="Data split (default: test).")
-    p.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="Evaluate the first N examples only (N >= 1; default: all).")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="Prompts per decoding batch (default: 32).")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="Prompts per decoding batch (default: 32).")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--greedy", action="store_true", help="Greedy decoding (the default).")
-    how.add_argument("--temperature", type=_temperature, default=None, metavar="X",
+    how.add_argument("--temperature", type=temperature_value, default=None, metavar="X",
                      help="Sample at temperature X > 0 instead of greedy decoding.")
     p.add_argument("--mode", choices=MODES, default=None,
                    help="Decoding mode (default: the run's mode, hybrid without an adapter).")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=512, help="Maximum new tokens (default: 512).")
-    p.add_argument("--max-prompt-tokens", type=_positive_int, default=1024, metavar="N",
+    p.add_argument("--max-new-tokens", type=positive_int, default=512, help="Maximum new tokens (default: 512).")
+    p.add_argument("--max-prompt-tokens", type=positive_int, default=1024, metavar="N",
                    help="Keep the last N prompt tokens, N >= 1 (longer prompts are cut on the left; default: 1024).")
     p.add_argument("--prompt-format", choices=("hash", "think"), default=None,
                    help="'hash': answer after '####' (the reference's prompt); 'think': <think>...</think> answer "
@@ -250,25 +223,25 @@ def _bench_parser(sub) -> None:
     p.add_argument("what", choices=("rollout", "train"))
     p.add_argument("--shape", default="qwen2.5-1.5b",
                    help="qwen2.5-1.5b, qwen2.5-3b, embedded, or a directory with a config.json (default: %(default)s).")
-    p.add_argument("--batch", type=_positive_int, default=None,
+    p.add_argument("--batch", type=positive_int, default=None,
                    help="Rows (rollout; default 64 on CUDA, 8 on CPU) or sequences per micro-batch (train; "
                         "default 8 on CUDA, 2 on CPU).")
-    p.add_argument("--prompt-len", type=_positive_int, default=None,
+    p.add_argument("--prompt-len", type=positive_int, default=None,
                    help="Prompt tokens (default: rollout 256 on CUDA, 64 on CPU; train 1024 on CUDA, 128 on CPU).")
-    p.add_argument("--new-tokens", type=_positive_int, default=None,
+    p.add_argument("--new-tokens", type=positive_int, default=None,
                    help="New tokens (default: rollout 256 on CUDA, 64 on CPU; train 1024 on CUDA, 128 on CPU).")
     p.add_argument("--engines", default=None,
                    help="Comma list of rollout engines: eager, static, graph (CUDA only), auto "
                         "(default: eager,static[,graph]).")
     p.add_argument("--baselines", default=None,
                    help="Comma list: hf_dynamic, hf_static (default: both on CUDA, hf_dynamic on CPU).")
-    p.add_argument("--group", type=_positive_int, default=1,
+    p.add_argument("--group", type=positive_int, default=1,
                    help="rollout: rows per distinct prompt (G completions share one prompt, as in training; our "
                         "engines prefill it once; default: %(default)s, every row its own prompt).")
-    p.add_argument("--lora-r", type=_non_negative_int, default=0,
+    p.add_argument("--lora-r", type=non_negative_int, default=0,
                    help="rollout: wrap the model in a LoRA adapter of this rank, as in training (default: none).")
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="train: keep all activations.")
-    p.add_argument("--repeats", type=_positive_int, default=2,
+    p.add_argument("--repeats", type=positive_int, default=2,
                    help="Timed calls after the first, >= 1 (best is reported; default: %(default)s).")
     p.add_argument("--dtype", default="auto", choices=DTYPES,
                    help="Model dtype (default: auto = bf16 on CUDA and on CPUs with native bf16, else fp32).")
@@ -326,7 +299,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .policy import generate_text, load_policy
 
     policy = load_policy(args.model, args.adapter, _decode_mode(args), dtype=args.dtype, device=args.device,
-                         trust_remote_code=args.trust_remote_code, latent=args.latent)
+                         trust_remote_code=args.trust_remote_code, latent=args.latent, top_k=args.top_k,
+                         top_p=args.top_p)
     print(policy.dtype_reason, file=sys.stderr, flush=True)
     result = generate_text(policy, args.prompt, args.max_new_tokens, greedy=args.greedy,
                            temperature=args.temperature, seed=args.seed,
@@ -383,7 +357,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .policy import load_policy
 
     policy = load_policy(args.model, args.adapter, _decode_mode(args), dtype=args.dtype, device=args.device,
-                         trust_remote_code=args.trust_remote_code, latent=args.latent)
+                         trust_remote_code=args.trust_remote_code, latent=args.latent, top_k=args.top_k,
+                         top_p=args.top_p)
     print(policy.dtype_reason, file=sys.stderr, flush=True)
     out_dir = Path(args.output_dir or args.adapter or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
     rows = []

@@ -37,13 +37,15 @@ class Policy:
 
 def load_policy(model: str | None = None, adapter: str | Path | None = None, mode: str | None = None,
                 dtype: str = "auto", device: str = "auto", marker: str | None = None,
-                trust_remote_code: bool = False, latent: dict | list | None = None) -> Policy:
+                trust_remote_code: bool = False, latent: dict | list | None = None, top_k: int | None = None,
+                top_p: float | None = None) -> Policy:
     """Load ``model`` (default: the adapter run's base model, else the embedded one) with an optional adapter.
 
     ``adapter`` is a run directory (newest checkpoint used) or a checkpoint directory. Mode, marker and
     sampling temperature default to the run's saved config (never parsed from directory names).
     ``trust_remote_code`` is never taken from a saved config: the caller must ask for it. ``latent``: options of
-    the family modes (a mapping or KEY=VALUE strings) over the run's own when decoding in the run's mode.
+    the family modes (a mapping or KEY=VALUE strings) over the run's own when decoding in the run's mode;
+    ``top_k``/``top_p`` replace the run's.
     """
     saved: dict = {}  # the run's config.yaml values; TrainConfig supplies the defaults for the rest
     ckpt = None
@@ -57,7 +59,9 @@ def load_policy(model: str | None = None, adapter: str | Path | None = None, mod
     mode = mode or run.mode
     options = dict(run.latent or {}) if mode == run.mode else {}
     options.update(parse_task_options(latent, "--latent") if latent else {})
-    latent_cfg = latent_config(options, mode, run.top_k, run.top_p)  # before the model loads
+    top_k = run.top_k if top_k is None else top_k
+    top_p = run.top_p if top_p is None else top_p
+    latent_cfg = latent_config(options, mode, top_k, top_p)  # before the model loads
     dev = resolve_device(device)
     precision = choose_dtype(dtype, dev)
     loaded = load_model(model or run.model, dtype=precision.dtype, device=dev,
@@ -88,7 +92,7 @@ def load_policy(model: str | None = None, adapter: str | Path | None = None, mod
                 raise CheckpointError(str(exc)) from None
         gate.to(dev)
     return Policy(model=net, tokenizer=loaded.tokenizer, gate=gate, marker=marker or run.marker or "####",
-                  temperature=run.temperature, top_k=run.top_k, top_p=run.top_p,
+                  temperature=run.temperature, top_k=top_k, top_p=top_p,
                   eos_ids=eos_token_ids(loaded.model, loaded.tokenizer), device=dev, mode=mode,
                   model_name=model or run.model, dtype_reason=precision.summary, latent=latent_cfg)
 

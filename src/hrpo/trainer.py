@@ -371,7 +371,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, quiet: bool = Fals
     metrics_path = trainer.run_dir / METRICS_FILE
     if main and resume:
         _truncate_metrics(metrics_path, trainer.step)
-    console.print(f"run directory: [bold]{trainer.run_dir}[/bold]  (mode {cfg.mode}, {cfg.max_steps} steps, "
+    options = latent_options(cfg).describe(cfg.mode)
+    mode = f"mode {cfg.mode}" + (f" {options}" if options else "")
+    console.print(f"run directory: [bold]{trainer.run_dir}[/bold]  ({mode}, {cfg.max_steps} steps, "
                   f"{cfg.prompts_per_step}x{cfg.group_size} completions per step)")
     if trainer.step >= cfg.max_steps:
         console.print(f"nothing to train: the run is already at step {trainer.step} = max_steps; pass --max-steps "

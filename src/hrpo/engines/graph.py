@@ -17,7 +17,8 @@ import torch
 from .layers import Modules, attention_inputs, decoder_layer, forward, layer_output, make_layer, model_modules, \
     use_decode_kernel
 from .options import OPTIONS
-from .state import DecodeState, StepSpec, action_shape, allocate_state, decode_step, sample_into, step_inputs, step_outputs
+from .state import (DecodeState, StepSpec, action_shape, allocate_state, decode_step, sample_into, step_inputs,
+                    step_outputs)
 from .weights import ConcatenatedGate, DecodeWeights, concatenated_gate, decode_weights, step_gate, \
     weights_signature
 

@@ -75,7 +75,8 @@ def action_shape(spec: "StepSpec", vocab: int) -> dict:
     """The ``action_width``/``action_values`` arguments of :func:`allocate_state` for ``spec``'s mode."""
     kept = kept_count(spec.sampling, vocab)
     width = action_width(spec.mode, spec.latent, 0 if kept == vocab else kept)
-    return {"action_width": width, "action_values": width > 0 and spec.mode == "soft" and spec.latent.noise == "gumbel"}
+    gumbel = spec.mode == "soft" and spec.latent.noise == "gumbel"
+    return {"action_width": width, "action_values": width > 0 and gumbel}
 
 
 @dataclass

@@ -18,7 +18,8 @@ from ..sampling import MarkerMatcher, Rollout, SamplingConfig, rollout_setup, ro
 from .graph import CHECK_LAG, SYNC_EVERY, captured_engine
 from .layers import decoder_layer, model_modules
 from .options import OPTIONS
-from .state import StepSpec, action_shape, allocate_state, collect_rollout, decode_step, prefill, reset_outputs, run_steps
+from .state import (StepSpec, action_shape, allocate_state, collect_rollout, decode_step, prefill, reset_outputs,
+                    run_steps)
 from .weights import decode_weights, step_gate, weights_signature
 
 CACHE_BUCKET = 128  # cache lengths are rounded up to a multiple of this, so one graph serves many prompt lengths
