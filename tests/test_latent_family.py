@@ -244,11 +244,24 @@ def test_the_train_config_refuses_what_rl_cannot_train(tmp_path, tiny_model_dirs
 
 @pytest.mark.parametrize("case", TRAINABLE)
 def test_each_trainable_mode_trains_lora(case, tmp_path, tiny_model_dirs):
-    from hrpo.trainer import setup, train_step
+    from hrpo.trainer import batch_examples, latent_options, reference_logprobs, sampling_config, setup, train_step
+    from hrpo.text import encode_prompts
 
     mode, options = CASES[case]
     values = {**tiny_train_args(tiny_model_dirs["qwen2"], tmp_path / "run"), "mode": mode, "latent": options}
     trainer = setup(build_config(cli_values=values), log=lambda *a: None)
+    # the reference reads the same fed-back vectors: with LoRA B still 0, it is the policy, and the KL is 0
+    examples = [ex for ex in batch_examples(trainer, 0) for _ in range(trainer.cfg.group_size)]
+    ids, mask = encode_prompts(trainer.tokenizer, [trainer.task.messages(e) for e in examples], 64)
+    rollout = generate(trainer.model, ids, mask, sampling_config(trainer.cfg), gate=None, matcher=trainer.matcher,
+                       eos_token_ids=trainer.eos_ids, pad_token_id=trainer.tokenizer.pad_token_id, mode=mode,
+                       latent=latent_options(trainer.cfg), generator=torch.Generator().manual_seed(0))
+    assert rollout.thinking_mask.any()
+    with torch.no_grad():
+        embeds, _ = rollout_inputs_embeds(trainer.model, None, rollout, mode=mode)
+        policy = completion_logprobs(trainer.model, rollout, embeds, 1.0, mode=mode, latent=latent_options(trainer.cfg))
+    real = rollout.completion_mask
+    torch.testing.assert_close(reference_logprobs(trainer, rollout, 1.0)[real], policy[real])
     with torch.no_grad():
         for name, p in lora_parameters(trainer.model):
             if "lora_B" in name:

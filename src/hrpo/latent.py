@@ -32,6 +32,13 @@ from .sampling import SamplingConfig, row_uniforms
 
 _U_HALF = 1.0 / (1 << 25)  # half a step of row_uniforms' 24-bit grid: keeps a uniform strictly inside (0, 1)
 
+GUMBEL_CLAMP = (-1.5, 3.0)  # SofT-GRPO clamps the Gumbel noise, in the rollout and in its log-density
+GUMBEL_KEEP = -3.0  # ... and averages the log-density over the slots whose log q exceeds this
+
+
+def _gumbel_log_q(q: torch.Tensor) -> torch.Tensor:
+    return torch.log(q + 1e-6)
+
 
 def noise_uniforms(row_seeds: torch.Tensor, step, n: int, stream: int) -> torch.Tensor:
     """(B,) row seeds -> (B, n) fp32 uniforms in (0, 1): stream ``stream`` of a step's noise, a pure function of
@@ -82,14 +89,6 @@ def draw(mode: str, latent: LatentConfig, sampling: SamplingConfig, tokens: torc
             values = values + g.clamp(GUMBEL_CLAMP[0], GUMBEL_CLAMP[1])
         pick = kept_ids.gather(-1, values.argmax(dim=-1, keepdim=True)).squeeze(-1)
     return Draw(torch.where(in_span, pick, tokens), None if latent.noise == "none" else ids, values)
-
-
-GUMBEL_CLAMP = (-1.5, 3.0)  # SofT-GRPO clamps the Gumbel noise, in the rollout and in its log-density
-GUMBEL_KEEP = -3.0  # ... and averages the log-density over the slots whose log q exceeds this
-
-
-def _gumbel_log_q(q: torch.Tensor) -> torch.Tensor:
-    return torch.log(q + 1e-6)
 
 
 def input_weights(mode: str, latent: LatentConfig, kept_probs: torch.Tensor, kept_ids: torch.Tensor,

@@ -35,7 +35,7 @@ from .plots import write_run_plots
 from .precision import choose_dtype
 from .progress import progress_bar, quiet_libraries
 from .tasks.rewards import DEFAULT_REWARDS, build_rewards, finish_std, score_rewards
-from .latent_options import LatentConfig, latent_config
+from .latent_options import FAMILY_MODES, LatentConfig, latent_config
 from .objective import completion_logprobs, group_advantages, rollout_inputs_embeds
 from .ppo import ValueHead
 from .sft import sft_step
@@ -248,13 +248,15 @@ def latent_options(cfg: TrainConfig) -> LatentConfig:
 
 
 def reference_logprobs(trainer: Trainer, rollout: Rollout, temperature: float) -> torch.Tensor:
-    """(B, C) log-probs of the frozen base model (LoRA disabled) reading plain token embeddings."""
-    model = trainer.model
+    """(B, C) log-probs of the frozen base model (LoRA disabled) reading plain token embeddings, or in a family
+    mode (soft, mixture, multiplex) the rollout's fed-back vectors: they hold no trained part (HRPO's mix holds
+    the trained gate), so the KL compares the two models on the same inputs."""
+    model, mode = trainer.model, trainer.cfg.mode
     rows = []
     with torch.no_grad(), model.disable_adapter():
         for mb in micro_batches(rollout.completion_ids.shape[0], trainer.cfg.micro_batch_size):
             part = rollout.select(mb)
-            embeds, _ = rollout_inputs_embeds(model, None, part, mode="discrete")
+            embeds, _ = rollout_inputs_embeds(model, None, part, mode=mode if mode in FAMILY_MODES else "discrete")
             rows.append(completion_logprobs(model, part, embeds, temperature, trainer.cfg.group_size,
                                             mode=trainer.cfg.mode, latent=latent_options(trainer.cfg)))
     return torch.cat(rows)
