@@ -234,7 +234,8 @@ def test_the_train_config_refuses_what_rl_cannot_train(tmp_path, tiny_model_dirs
     for values, match in ((dict(mode="soft"), r"latent\.noise: soft mode without noise"),
                           (dict(mode="soft", latent={"noise": "gumbel"}, top_k=0), r"needs top_k > 0"),
                           (dict(mode="soft", latent={"noise": "gaussian"}, top_p=0.9), r"needs top_p = 1"),
-                          (dict(mode="multiplex", latent=["multiplex_k=0"]), r"multiplex_k: must be >= 1")):
+                          (dict(mode="multiplex", latent=["multiplex_k=0"]), r"multiplex_k: must be >= 1"),
+                          (dict(mode="multiplex", algo="ppo"), r"algo='ppo'.*use --algo grpo")):
         with pytest.raises(ConfigError, match=match):
             build_config(cli_values={**base, **values})
     cfg = build_config(yaml_values={"latent": {"noise": "gumbel"}}, cli_values={**base, "mode": "soft",
@@ -250,18 +251,21 @@ def test_each_trainable_mode_trains_lora(case, tmp_path, tiny_model_dirs):
     mode, options = CASES[case]
     values = {**tiny_train_args(tiny_model_dirs["qwen2"], tmp_path / "run"), "mode": mode, "latent": options}
     trainer = setup(build_config(cli_values=values), log=lambda *a: None)
-    # the reference reads the same fed-back vectors: with LoRA B still 0, it is the policy, and the KL is 0
+    # the reference reads the same fed-back vectors: with LoRA B still 0 its token log-probs are the policy's
+    # (the KL's two sides), so the KL is 0
     examples = [ex for ex in batch_examples(trainer, 0) for _ in range(trainer.cfg.group_size)]
     ids, mask = encode_prompts(trainer.tokenizer, [trainer.task.messages(e) for e in examples], 64)
     rollout = generate(trainer.model, ids, mask, sampling_config(trainer.cfg), gate=None, matcher=trainer.matcher,
                        eos_token_ids=trainer.eos_ids, pad_token_id=trainer.tokenizer.pad_token_id, mode=mode,
                        latent=latent_options(trainer.cfg), generator=torch.Generator().manual_seed(0))
     assert rollout.thinking_mask.any()
+    tokens: list = []
     with torch.no_grad():
         embeds, _ = rollout_inputs_embeds(trainer.model, None, rollout, mode=mode)
-        policy = completion_logprobs(trainer.model, rollout, embeds, 1.0, mode=mode, latent=latent_options(trainer.cfg))
+        completion_logprobs(trainer.model, rollout, embeds, 1.0, mode=mode, latent=latent_options(trainer.cfg),
+                            token_logprobs=tokens)
     real = rollout.completion_mask
-    torch.testing.assert_close(reference_logprobs(trainer, rollout, 1.0)[real], policy[real])
+    torch.testing.assert_close(reference_logprobs(trainer, rollout, 1.0)[real], tokens[0][real])
     with torch.no_grad():
         for name, p in lora_parameters(trainer.model):
             if "lora_B" in name:
@@ -295,3 +299,18 @@ def test_a_run_decodes_with_its_latent_options_or_hard(tmp_path, tiny_model_dirs
     assert hard.mode == "discrete" and hard.latent == LatentConfig()
     with pytest.raises(ConfigError, match="--infer hard"):
         _decode_mode(argparse.Namespace(infer="hard", mode="soft"))
+
+
+def test_the_kl_reads_the_token_log_probs_and_the_ratio_the_steps():
+    from hrpo.objective import hrpo_loss, k3_kl
+
+    step_lp = torch.tensor([[-40.0, -1.0]], requires_grad=True)  # e.g. a Gaussian log-density, then a token
+    token_lp = torch.tensor([[-0.5, -1.0]], requires_grad=True)
+    ref = torch.tensor([[-0.7, -1.2]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    loss, stats = hrpo_loss(step_lp, ref, torch.tensor([2.0]), mask, beta=0.1, kl_logprobs=token_lp)
+    loss.backward()
+    kl = k3_kl(ref, token_lp.detach())
+    assert loss.item() == pytest.approx(-2.0 + 0.1 * kl.mean().item(), rel=1e-6)
+    torch.testing.assert_close(step_lp.grad, torch.tensor([[-1.0, -1.0]]))  # -A / length per token
+    torch.testing.assert_close(token_lp.grad, 0.1 * (1 - torch.exp(ref - token_lp.detach())) / 2)

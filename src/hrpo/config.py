@@ -20,7 +20,7 @@ import yaml
 
 from .algo import ALGOS, check_algo
 from .errors import ConfigError  # noqa: F401 (defined below the config, so lower modules can raise it)
-from .latent_options import FAMILY_MODES, latent_config
+from .latent_options import FAMILY_MODES, latent_config, trains_actions
 
 EMBEDDED_MODEL = "embedded"
 MODES = ("hybrid", "discrete", "latent", "hidden", *FAMILY_MODES)
@@ -390,7 +390,10 @@ def validate(cfg: TrainConfig) -> None:
         bad("reward_timeout", "must be >= 0 seconds (0 = no limit)")
     check_algo(cfg, bad)
     if cfg.algo != "sft":
-        latent_config(cfg.latent, cfg.mode, cfg.top_k, cfg.top_p, training=True)
+        latent = latent_config(cfg.latent, cfg.mode, cfg.top_k, cfg.top_p, training=True)
+        if cfg.algo == "ppo" and trains_actions(cfg.mode, latent):
+            bad("algo", f"ppo puts a per-token KL into the reward from token log-probs, and a thinking step of mode "
+                        f"{cfg.mode} ({latent.describe(cfg.mode)}) has another log-prob; use --algo grpo")
     _validate_task_keys(cfg, bad)
     _validate_generic(cfg, bad)
 

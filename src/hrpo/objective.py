@@ -73,7 +73,7 @@ def _cache_disabled(model) -> bool:
 
 def completion_logprobs(model, rollout: Rollout, inputs_embeds: torch.Tensor, temperature: float,
                         group_size: int = 1, hidden: list | None = None, mode: str = "discrete",
-                        latent: LatentConfig | None = None) -> torch.Tensor:
+                        latent: LatentConfig | None = None, token_logprobs: list | None = None) -> torch.Tensor:
     """Log-probs (B, C) fp32 of the completion tokens under ``model`` fed ``inputs_embeds`` (B, P + C, H).
 
     One parallel forward with the rollout's attention mask and position ids; logits only for completion
@@ -84,12 +84,13 @@ def completion_logprobs(model, rollout: Rollout, inputs_embeds: torch.Tensor, te
     With a list ``hidden``, also appends the (B, C, H) last hidden states (the LM head's inputs, with their
     graph) at the positions whose logits predict the completion tokens: what a value head reads (hrpo.value).
     In a family ``mode`` whose thinking steps draw more than the token (:func:`hrpo.latent.trains_actions`),
-    thinking positions get the log-prob of what the step drew (:func:`hrpo.latent.action_logprob`).
+    thinking positions get the log-prob of what the step drew (:func:`hrpo.latent.action_logprob`); a list
+    ``token_logprobs`` then also receives the (B, C) log-probs of the recorded tokens alone (what the KL uses).
     """
     if hidden is not None:
         with _lm_head_inputs(model) as captured:
             logprobs = completion_logprobs(model, rollout, inputs_embeds, temperature, group_size, mode=mode,
-                                           latent=latent)
+                                           latent=latent, token_logprobs=token_logprobs)
         width = rollout.completion_ids.shape[1]
         if captured[-1].shape[1] == width + 1:  # the full forward: logits_to_keep = C + 1
             hidden.append(captured[-1][:, :-1])
@@ -121,13 +122,16 @@ def completion_logprobs(model, rollout: Rollout, inputs_embeds: torch.Tensor, te
                     use_cache=False, logits_to_keep=completion_len + 1)
         logits = out.logits[:, :-1]  # position P-1+t predicts completion token t
     actions = _ActionTerms(model, rollout, mode, latent) if latent and trains_actions(mode, latent) else None
-    rows = []
+    rows, tokens = [], []
     for i in range(logits.shape[0]):
         scores = logits[i].float() / temperature
         target = rollout.completion_ids[i]
         lse = torch.logsumexp(scores, dim=-1)
         token = scores.gather(-1, target[:, None]).squeeze(-1) - lse
+        tokens.append(token)
         rows.append(token if actions is None else actions.row(i, scores, lse, token))
+    if token_logprobs is not None:
+        token_logprobs.append(torch.stack(tokens))
     return torch.stack(rows)
 
 
@@ -176,18 +180,22 @@ class LossStats:
 
 
 def hrpo_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None, advantages: torch.Tensor,
-              completion_mask: torch.Tensor, beta: float, num_sequences: int | None = None):
+              completion_mask: torch.Tensor, beta: float, num_sequences: int | None = None,
+              kl_logprobs: torch.Tensor | None = None):
     """The HRPO/GRPO loss of one (micro-)batch.
 
     ``logprobs`` (B, C) with grad, ``ref_logprobs`` (B, C) or None (beta = 0), ``advantages`` (B,),
     ``completion_mask`` (B, C) bool. Returns ``(loss, stats)`` where ``loss`` is the sum of per-sequence means
     divided by ``num_sequences`` (default B), so micro-batch losses of one step add up to the full-batch mean.
+    ``kl_logprobs`` (B, C) with grad (default ``logprobs``): the policy's side of the KL, the recorded tokens'
+    log-probs where a thinking step's own log-prob is another quantity (hrpo.latent).
     """
     mask = completion_mask.float()
     lengths = mask.sum(dim=1).clamp_min(1.0)
     ratio = torch.exp(logprobs - logprobs.detach())  # == 1, carries the policy gradient
     policy_tok = -advantages[:, None].float() * ratio
-    kl_tok = k3_kl(ref_logprobs, logprobs) if ref_logprobs is not None else torch.zeros_like(logprobs)
+    kl_side = logprobs if kl_logprobs is None else kl_logprobs
+    kl_tok = k3_kl(ref_logprobs, kl_side) if ref_logprobs is not None else torch.zeros_like(logprobs)
     per_seq_policy = (policy_tok * mask).sum(dim=1) / lengths
     per_seq_kl = (kl_tok * mask).sum(dim=1) / lengths
     per_seq = per_seq_policy + beta * per_seq_kl
@@ -214,7 +222,7 @@ class ClippedLossStats(LossStats):
 def clipped_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
                  advantages: torch.Tensor, completion_mask: torch.Tensor, beta: float, epsilon: float,
                  epsilon_high: float | None = None, weights: torch.Tensor | None = None,
-                 num_sequences: int | None = None):
+                 num_sequences: int | None = None, kl_logprobs: torch.Tensor | None = None):
     """The clipped surrogate of one (micro-)batch, for several updates per rollout batch (GRPO/HRPO with
     ``num_iterations`` > 1, and PPO's policy loss with ``beta`` = 0).
 
@@ -223,7 +231,8 @@ def clipped_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprob
         loss_it = -min(ratio * A, clip(ratio, 1 - epsilon, 1 + epsilon_high) * A) * w_it + beta * k3(ref, logp)
 
     where ``weights`` w (B, C) are the truncated importance weights (None = 1); aggregated like
-    :func:`hrpo_loss` (per-sequence mean over completion tokens, then sum / ``num_sequences``). With
+    :func:`hrpo_loss` (per-sequence mean over completion tokens, then sum / ``num_sequences``; ``kl_logprobs``
+    as there). With
     ``old_logprobs`` = ``logprobs.detach()`` and no weights the value and gradient are those of :func:`hrpo_loss`.
     """
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
@@ -236,7 +245,8 @@ def clipped_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprob
     policy_tok = -torch.minimum(ratio * adv, clipped * adv)
     if weights is not None:
         policy_tok = policy_tok * weights
-    kl_tok = k3_kl(ref_logprobs, logprobs) if ref_logprobs is not None else torch.zeros_like(logprobs)
+    kl_side = logprobs if kl_logprobs is None else kl_logprobs
+    kl_tok = k3_kl(ref_logprobs, kl_side) if ref_logprobs is not None else torch.zeros_like(logprobs)
     per_seq_policy = (policy_tok * mask).sum(dim=1) / lengths
     per_seq_kl = (kl_tok * mask).sum(dim=1) / lengths
     loss = (per_seq_policy + beta * per_seq_kl).sum() / (num_sequences or logprobs.shape[0])

@@ -248,17 +248,16 @@ def latent_options(cfg: TrainConfig) -> LatentConfig:
 
 
 def reference_logprobs(trainer: Trainer, rollout: Rollout, temperature: float) -> torch.Tensor:
-    """(B, C) log-probs of the frozen base model (LoRA disabled) reading plain token embeddings, or in a family
-    mode (soft, mixture, multiplex) the rollout's fed-back vectors: they hold no trained part (HRPO's mix holds
-    the trained gate), so the KL compares the two models on the same inputs."""
+    """(B, C) log-probs of the recorded tokens under the frozen base model (LoRA disabled) reading plain token
+    embeddings, or in a family mode (soft, mixture, multiplex) the rollout's fed-back vectors: they hold no
+    trained part (HRPO's mix holds the trained gate), so the KL compares the two models on the same inputs."""
     model, mode = trainer.model, trainer.cfg.mode
     rows = []
     with torch.no_grad(), model.disable_adapter():
         for mb in micro_batches(rollout.completion_ids.shape[0], trainer.cfg.micro_batch_size):
             part = rollout.select(mb)
             embeds, _ = rollout_inputs_embeds(model, None, part, mode=mode if mode in FAMILY_MODES else "discrete")
-            rows.append(completion_logprobs(model, part, embeds, temperature, trainer.cfg.group_size,
-                                            mode=trainer.cfg.mode, latent=latent_options(trainer.cfg)))
+            rows.append(completion_logprobs(model, part, embeds, temperature, trainer.cfg.group_size))
     return torch.cat(rows)
 
 

@@ -25,7 +25,7 @@ import torch
 
 from .algo import default_path, num_iterations, off_policy
 from .distributed import Prepared, any_process, backward, gradient_sync
-from .latent_options import latent_config
+from .latent_options import latent_config, trains_actions
 from .objective import (clipped_loss, completion_logprobs, hrpo_loss, k3_kl, rollout_inputs_embeds,
                         truncated_importance_weights)
 from .ppo import gae, token_rewards, value_loss, whiten
@@ -67,16 +67,18 @@ def apply_update(trainer, loss_value: float) -> tuple[float, bool]:
 
 
 def _forward(trainer, prepared, part, temperature: float, with_values: bool):
-    """(logprobs (b, C), values (b, C) or None) of one micro-batch under the current parameters."""
+    """(logprobs (b, C), values (b, C) or None, KL-side log-probs (b, C) or None: the recorded tokens' own, in
+    a family mode whose thinking steps' log-probs are other quantities) of one micro-batch under the current
+    parameters."""
     cfg = trainer.cfg
     embeds, _ = rollout_inputs_embeds(prepared.model, prepared.gate, part, mode=cfg.mode)
-    actions = {"mode": cfg.mode, "latent": latent_config(cfg.latent, cfg.mode, cfg.top_k, cfg.top_p)}
-    if not with_values:
-        return completion_logprobs(prepared.model, part, embeds, temperature, cfg.group_size, **actions), None
-    hidden: list = []
+    latent = latent_config(cfg.latent, cfg.mode, cfg.top_k, cfg.top_p)
+    tokens: list | None = [] if trains_actions(cfg.mode, latent) else None
+    hidden: list | None = [] if with_values else None
     logprobs = completion_logprobs(prepared.model, part, embeds, temperature, cfg.group_size, hidden=hidden,
-                                   **actions)
-    return logprobs, trainer.value_head(hidden[0])
+                                   mode=cfg.mode, latent=latent, token_logprobs=tokens)
+    values = trainer.value_head(hidden[0]) if with_values else None
+    return logprobs, values, tokens[0] if tokens else None
 
 
 def _one_update(trainer, prepared, rollout, rows: slice, temperature: float, loss_fn, diffs: list | None):
@@ -94,8 +96,8 @@ def _one_update(trainer, prepared, rollout, rows: slice, temperature: float, los
     for i, mb in enumerate(batches):
         part = rollout.select(mb)
         with gradient_sync(trainer.dist, prepared, sync=i == len(batches) - 1):
-            logprobs, values = _forward(trainer, prepared, part, temperature, with_values)
-            loss, stats = loss_fn(mb, part, logprobs, values, n)
+            logprobs, values, kl_logprobs = _forward(trainer, prepared, part, temperature, with_values)
+            loss, stats = loss_fn(mb, part, logprobs, values, n, kl_logprobs)
             backward(trainer.dist, loss)
         loss_sum += float(loss.detach())
         for key, value in stats.items():
@@ -111,7 +113,7 @@ def old_pass(trainer, prepared, rollout, temperature: float, with_values: bool):
     """The batch's log-probs (B, C) (and values, or None) under the parameters that sampled it, no grad."""
     logprobs, values = [], []
     for mb in micro_batches(rollout.completion_ids.shape[0], trainer.cfg.micro_batch_size):
-        lp, v = _forward(trainer, prepared, rollout.select(mb), temperature, with_values)
+        lp, v, _ = _forward(trainer, prepared, rollout.select(mb), temperature, with_values)
         logprobs.append(lp)
         values.append(v)
     return torch.cat(logprobs), (torch.cat(values) if with_values else None)
@@ -119,9 +121,9 @@ def old_pass(trainer, prepared, rollout, temperature: float, with_values: bool):
 
 def _grpo_loss(cfg, advantages, ref_logprobs):
     """Today's loss, for the default path."""
-    def loss_fn(mb, part, logprobs, values, n):
+    def loss_fn(mb, part, logprobs, values, n, kl_logprobs=None):
         loss, stats = hrpo_loss(logprobs, None if ref_logprobs is None else ref_logprobs[mb], advantages[mb],
-                                part.completion_mask, cfg.beta, num_sequences=n)
+                                part.completion_mask, cfg.beta, num_sequences=n, kl_logprobs=kl_logprobs)
         return loss, {"policy": stats.policy_loss_sum, "kl": stats.kl_sum}
     return loss_fn
 
@@ -135,7 +137,7 @@ def _clip_stats(stats) -> dict:
 def _clipped_loss_fn(cfg, advantages, ref_logprobs, old, weights, beta: float):
     """The clipped surrogate against ``old`` log-probs (None: the update's own, detached: K = 1), with TIS
     ``weights`` (B, C) or, when ``old`` is None and tis_cap is set, weights from the update's own log-probs."""
-    def loss_fn(mb, part, logprobs, values, n):
+    def loss_fn(mb, part, logprobs, values, n, kl_logprobs=None):
         old_mb = logprobs.detach() if old is None else old[mb]
         w = None
         if cfg.tis_cap:
@@ -143,7 +145,7 @@ def _clipped_loss_fn(cfg, advantages, ref_logprobs, old, weights, beta: float):
             loss_fn.weights.append(w[part.completion_mask])
         loss, stats = clipped_loss(logprobs, old_mb, None if ref_logprobs is None else ref_logprobs[mb],
                                    advantages[mb], part.completion_mask, beta, cfg.epsilon, cfg.epsilon_high, w,
-                                   num_sequences=n)
+                                   num_sequences=n, kl_logprobs=kl_logprobs)
         return loss, _clip_stats(stats)
     loss_fn.weights = []
     return loss_fn
@@ -179,7 +181,7 @@ def update_policy(trainer, rollout, rewards: torch.Tensor, advantages: torch.Ten
         policy_fn = _clipped_loss_fn(cfg, whiten(token_adv, mask), None, old, weights, beta=0.0)
         extra.update(_ppo_kl_metrics(old, ref_logprobs, k1, mask))
 
-        def loss_fn(mb, part, logprobs, values, n_rows):
+        def loss_fn(mb, part, logprobs, values, n_rows, kl_logprobs=None):
             loss, stats = policy_fn(mb, part, logprobs, values, n_rows)
             v_loss, v_stats = value_loss(values, old_values[mb], returns[mb], part.completion_mask,
                                          cfg.cliprange_value, n_rows)
