@@ -9,7 +9,7 @@
 # evaluated on the base model on the same problems. docs/results.md has the measured run and its wall time, as
 # two one-thread processes:
 #   OMP_NUM_THREADS=1 METHODS="grpo gumbel mixture" bash experiments/methods.sh &
-#   OMP_NUM_THREADS=1 METHODS="hrpo gaussian multiplex base" bash experiments/methods.sh &
+#   OMP_NUM_THREADS=1 METHODS="gaussian multiplex base hrpo" bash experiments/methods.sh &
 #   wait; bash experiments/methods.sh     # finished runs are skipped: writes compare.md, summary.md, plots/
 set -euo pipefail
 OUT=${OUT:-runs/methods}
