@@ -3,6 +3,9 @@
     pip install -e ".[bench]"          # TRL, for this benchmark only
     python benchmarks/vs_trl.py [--steps 6] [--new-tokens 64] [--prompts 2] [--group 4] [--only trl,discrete,hybrid]
 
+``--only ...,discrete_aten,hybrid_aten`` adds hrpo with the decode step's fp32 GEMMs on F.linear instead of
+oneDNN (``OPTIONS.cpu_linear = "aten"``): what that kernel choice is worth, in the same invocation.
+
 The work (the issue's): the embedded SmolLM2-135M-Instruct in fp32, LoRA r32 / alpha 64 on all seven projections,
 2 prompts x 4 completions of the arithmetic task in the model's chat template, every completion exactly
 --new-tokens tokens (EOS suppressed on both sides: TRL with ``min_new_tokens``, hrpo with no EOS id),
@@ -26,7 +29,7 @@ import time
 
 import torch
 
-TRAINERS = ("trl", "discrete", "hybrid")
+TRAINERS = ("trl", "discrete", "hybrid", "discrete_aten", "hybrid_aten")  # *_aten: F.linear, not oneDNN
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -99,12 +102,16 @@ def run_trl(args) -> dict:
     return {"version": trl.__version__, **_medians(steps), "steps": steps}
 
 
-def run_hrpo(args, mode: str) -> dict:
+def run_hrpo(args, name: str) -> dict:
     """`hrpo train`'s step on the same work (the trainer's own per-phase timings)."""
     from importlib.metadata import version
 
     from hrpo.config import build_config
+    from hrpo.engines.options import OPTIONS
     from hrpo.trainer import setup, train_step
+
+    mode, _, kernel = name.partition("_")
+    OPTIONS.cpu_linear = kernel or OPTIONS.cpu_linear
 
     with tempfile.TemporaryDirectory() as out:
         cfg = build_config(cli_values={
@@ -121,7 +128,7 @@ def run_hrpo(args, mode: str) -> dict:
             steps.append({"step_s": row["timing/step_s"], "rollout_s": row["timing/rollout_s"],
                           "reference_s": row["timing/reference_s"], "policy_s": row["timing/policy_s"]})
             assert row["completions/mean_length"] == args.new_tokens, row["completions/mean_length"]
-    return {"version": version("hrpo"), **_medians(steps), "steps": steps}
+    return {"version": version("hrpo"), "cpu_linear": OPTIONS.cpu_linear, **_medians(steps), "steps": steps}
 
 
 def worker(args) -> None:
@@ -139,8 +146,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--group", type=int, default=4)
-    parser.add_argument("--only", default=",".join(TRAINERS), help="Trainers to run (comma list of trl, discrete, "
-                                                                   "hybrid).")
+    parser.add_argument("--only", default="trl,discrete,hybrid", help="Trainers to run (comma list of "
+                                                                      f"{', '.join(TRAINERS)}).")
     parser.add_argument("--worker", choices=TRAINERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -160,7 +167,7 @@ def main() -> None:
         report[name] = json.loads(lines[-1][len("RESULT "):])
     if "trl" in report:
         report["ratios"] = {f"trl_over_{m}_{phase}": report["trl"][f"{phase}_s"] / report[m][f"{phase}_s"]
-                            for m in ("discrete", "hybrid") if m in report for phase in ("step", "rollout", "rest")}
+                            for m in TRAINERS[1:] if m in report for phase in ("step", "rollout", "rest")}
     if "discrete" in report and "hybrid" in report:
         report.setdefault("ratios", {})["hybrid_rollout_cost_over_discrete"] = (
             report["hybrid"]["rollout_s"] / report["discrete"]["rollout_s"] - 1.0)

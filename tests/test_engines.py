@@ -486,3 +486,21 @@ def test_the_compiled_step_equals_the_eager_one(lora_model, tokenizer):
         torch.testing.assert_close(getattr(state, name), getattr(eager_state, name), atol=1e-4, rtol=0)
     for compiled, eager in zip(state.kv, eager_state.kv):
         torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("kernel", ["onednn", "aten"])
+def test_the_cpu_linear_equals_f_linear(kernel, monkeypatch):
+    from hrpo.engines import options
+    from hrpo.engines.weights import linear
+
+    monkeypatch.setattr(options.OPTIONS, "cpu_linear", kernel)
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(8, 1, 576, generator=gen), torch.randn(960, 576, generator=gen)
+    b = torch.randn(960, generator=gen)
+    for args in ((x, w, b), (x, w[:500], None), (x[:3, 0], w, b)):  # biases, a weight slice, 2-d inputs
+        out = linear(*args)
+        if kernel == "aten":
+            assert torch.equal(out, F.linear(*args))
+        else:
+            torch.testing.assert_close(out, F.linear(*args), atol=2e-4, rtol=1e-5)
+    assert torch.equal(linear(x.bfloat16(), w.bfloat16()), F.linear(x.bfloat16(), w.bfloat16()))  # fp32 only

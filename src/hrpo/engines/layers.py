@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .decode_attention import decode_attention, supports as supports_decode_kernel
 from .options import OPTIONS
-from .weights import DecodeWeights, base_model, project
+from .weights import DecodeWeights, base_model, linear, project
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -144,7 +144,7 @@ def decoder_layers(x, cos, sin, slots, mask, weights: DecodeWeights, kv, act, la
 def last_logits(x, delta, weights: DecodeWeights) -> tuple[torch.Tensor, torch.Tensor]:
     """The output of :func:`decoder_layers` -> (logits (B, V) and normed hidden state (B, H) of the last position)."""
     hidden = rms_norm(x[:, -1] + delta[:, -1], weights.final_norm, weights.eps)
-    return F.linear(hidden, weights.lm_head), hidden
+    return linear(hidden, weights.lm_head), hidden
 
 
 def forward(x, positions, slots, mask, weights: DecodeWeights, modules: Modules, kv, layer_fn=decoder_layer):

@@ -21,6 +21,9 @@ class GraphOptions:
     # the static engine on a CPU with fp32 weights: LoRA merged into the fused weights for the rollout (one GEMM per
     # projection, no epilogue; see hrpo.engines.weights.merged); False keeps the adapters unmerged as on CUDA
     merge_lora_on_cpu: bool = True
+    # the fast engines' fp32 GEMMs on a CPU: onednn (oneDNN's kernel, which reads a decode step's weights about
+    # twice as fast as aten's default at a few rows; hrpo.engines.weights.linear) or aten (F.linear)
+    cpu_linear: str = "onednn"
 
 
 OPTIONS = GraphOptions()
