@@ -250,12 +250,12 @@ def parse_task_options(value: Any, source: str = "task_options") -> dict[str, An
         return {str(k): v for k, v in value.items()}
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):
-        raise ConfigError(f"{source}: task_options must be a mapping of option: value, got {value!r}")
+        raise ConfigError(f"{source}: options must be a mapping of option: value, got {value!r}")
     out: dict[str, Any] = {}
     for item in items:
         key, sep, text = str(item).partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"{source}: task option {item!r} is not KEY=VALUE")
+            raise ConfigError(f"{source}: option {item!r} is not KEY=VALUE")
         try:
             out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
