@@ -28,7 +28,7 @@ import torch
 
 from .latent_options import (FAMILY_MODES, LatentConfig, action_width, check_latent,  # noqa: F401 (re-exported)
                              trains_actions)
-from .sampling import SamplingConfig, row_uniforms
+from .sampling import SamplingConfig, row_uniforms, token_logprobs
 
 _U_HALF = 1.0 / (1 << 25)  # half a step of row_uniforms' 24-bit grid: keeps a uniform strictly inside (0, 1)
 
@@ -57,28 +57,30 @@ def inverse_cdf(kept_probs: torch.Tensor, kept_ids: torch.Tensor, uniforms: torc
 
 @dataclass
 class Draw:
-    """What one step drew: ``tokens`` (B,), and for the objective ``action_ids`` (B, n) (multiplex: the K
-    draws; noisy soft mode: the kept ids, None when the whole vocabulary is kept) and ``action_values`` (B, n)
-    fp32 or None (gumbel: the perturbed scores z)."""
+    """What one step drew: ``tokens`` (B,) and their ``logprobs`` (B,), and for the objective ``action_ids``
+    (B, n) (multiplex: the K draws; noisy soft mode: the kept ids, None when the whole vocabulary is kept) and
+    ``action_values`` (B, n) fp32 or None (gumbel: the perturbed scores z)."""
 
     tokens: torch.Tensor
+    logprobs: torch.Tensor
     action_ids: torch.Tensor | None
     action_values: torch.Tensor | None
 
 
-def draw(mode: str, latent: LatentConfig, sampling: SamplingConfig, tokens: torch.Tensor,
-         kept_probs: torch.Tensor, kept_ids: torch.Tensor, row_seeds: torch.Tensor, step,
+def draw(mode: str, latent: LatentConfig, sampling: SamplingConfig, logits: torch.Tensor, tokens: torch.Tensor,
+         logprobs: torch.Tensor, kept_probs: torch.Tensor, kept_ids: torch.Tensor, row_seeds: torch.Tensor, step,
          in_span: torch.Tensor, dense: bool) -> Draw:
-    """The step's draws in ``mode`` given the sampled ``tokens`` (B,), for rows ``in_span`` (B,) bool (still
-    thinking before this token): multiplex draws K - 1 more tokens; soft mode's token is argmax q, or with
-    gumbel noise argmax z. ``dense``: the whole vocabulary is kept. Greedy sampling draws no noise."""
+    """The step's draws in ``mode`` given the ``tokens`` (B,) and ``logprobs`` (B,) that sample_tokens drew from
+    ``logits`` (B, V), for rows ``in_span`` (B,) bool (still thinking before this token): multiplex draws K - 1
+    more tokens; soft mode's token is argmax q, or with gumbel noise argmax z (its log-prob recomputed).
+    ``dense``: the whole vocabulary is kept. Greedy sampling draws no noise."""
     if mode == "multiplex":
         if sampling.greedy or latent.multiplex_k == 1:
-            return Draw(tokens, tokens[:, None].expand(-1, latent.multiplex_k).contiguous(), None)
+            return Draw(tokens, logprobs, tokens[:, None].expand(-1, latent.multiplex_k).contiguous(), None)
         more = inverse_cdf(kept_probs, kept_ids, noise_uniforms(row_seeds, step, latent.multiplex_k - 1, 1))
-        return Draw(tokens, torch.cat([tokens[:, None], more], dim=1), None)
+        return Draw(tokens, logprobs, torch.cat([tokens[:, None], more], dim=1), None)
     if mode != "soft":
-        return Draw(tokens, None, None)
+        return Draw(tokens, logprobs, None, None)
     ids = None if dense else kept_ids
     pick = kept_ids[:, 0]  # kept ids are sorted by probability: the argmax
     values = None
@@ -88,7 +90,8 @@ def draw(mode: str, latent: LatentConfig, sampling: SamplingConfig, tokens: torc
             g = -torch.log(-torch.log(noise_uniforms(row_seeds, step, kept_ids.shape[-1], 2)))
             values = values + g.clamp(GUMBEL_CLAMP[0], GUMBEL_CLAMP[1])
         pick = kept_ids.gather(-1, values.argmax(dim=-1, keepdim=True)).squeeze(-1)
-    return Draw(torch.where(in_span, pick, tokens), None if latent.noise == "none" else ids, values)
+    tokens = torch.where(in_span, pick, tokens)
+    return Draw(tokens, token_logprobs(logits, tokens, sampling), None if latent.noise == "none" else ids, values)
 
 
 def input_weights(mode: str, latent: LatentConfig, kept_probs: torch.Tensor, kept_ids: torch.Tensor,
@@ -130,9 +133,12 @@ def fed_back(mode: str, latent: LatentConfig, weights: torch.Tensor, ids: torch.
     return x
 
 
-def embedding_rms(embed_weight: torch.Tensor) -> float:
-    """RMS of the embedding matrix's entries (the unit of ``gaussian_sigma``)."""
-    return float(embed_weight.float().pow(2).mean().sqrt())
+def noise_scale(latent: LatentConfig, embed_weight: torch.Tensor) -> float:
+    """Std of soft mode's Gaussian noise: ``gaussian_sigma`` x the RMS of the embedding matrix's entries (0.0
+    without Gaussian noise, where nothing reads it)."""
+    if latent.noise != "gaussian":
+        return 0.0
+    return latent.gaussian_sigma * float(embed_weight.float().pow(2).mean().sqrt())
 
 
 def action_logprob(mode: str, latent: LatentConfig, scores_at_ids: torch.Tensor, full_lse: torch.Tensor | None,
@@ -184,25 +190,37 @@ def cold_stop(latent: LatentConfig, low_run: torch.Tensor, logits: torch.Tensor,
     return run, run >= latent.cold_stop_steps
 
 
+def step_logprobs(mode: str, latent: LatentConfig, scores: torch.Tensor, token_logprobs: torch.Tensor,
+                  action_ids: torch.Tensor | None, action_values: torch.Tensor | None, vectors: torch.Tensor | None,
+                  embed, dense_embeds: torch.Tensor | None, scale: float,
+                  full_lse: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`action_logprob` from a step's whole scores (..., V) (logits / temperature) and what the rollout
+    stored: ``action_ids`` (..., n) (None: the whole vocabulary, read through ``dense_embeds`` (V, H)),
+    ``action_values``, ``vectors`` (..., H); ``full_lse`` (...,) if already computed. The rollout and the
+    objective both call it, so the two log-probs are one computation."""
+    scores_at = scores if action_ids is None else scores.gather(-1, action_ids)
+    embeds_at = None
+    if mode == "soft" and latent.noise == "gaussian":
+        embeds_at = dense_embeds if action_ids is None else embed(action_ids)
+    if mode == "multiplex" and full_lse is None:
+        full_lse = torch.logsumexp(scores, dim=-1)
+    return action_logprob(mode, latent, scores_at, full_lse, token_logprobs, action_values, vectors, embeds_at,
+                          scale)
+
+
 def family_inputs(mode: str, latent: LatentConfig, sampling: SamplingConfig, logits: torch.Tensor, drawn: Draw,
                   kept_probs: torch.Tensor, kept_ids: torch.Tensor, embed, dense_embeds: torch.Tensor | None,
                   row_seeds: torch.Tensor, step, token_logprobs: torch.Tensor, thinking: torch.Tensor,
-                  noise_scale: float, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+                  scale: float, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """One thinking step of a family mode in an engine: ``(vectors (B, H) in dtype, logprobs (B,))``, the
     fed-back inputs and the log-probs with :func:`action_logprob` at the ``thinking`` (B,) rows, computed from
-    the stored (rounded) vectors as the objective recomputes them."""
+    the stored (rounded) vectors as the objective recomputes them; ``scale``: :func:`noise_scale`."""
     weights, ids = input_weights(mode, latent, kept_probs, kept_ids, drawn, sampling.greedy)
     vectors = fed_back(mode, latent, weights, ids, kept_probs, drawn.tokens, embed, dense_embeds, row_seeds, step,
-                       sampling.greedy, noise_scale).to(dtype)
+                       sampling.greedy, scale).to(dtype)
     if not trains_actions(mode, latent):
         return vectors, token_logprobs
     scores = logits.float() / (sampling.logprob_temperature or sampling.temperature)
-    at = drawn.action_ids
-    scores_at = scores if at is None else scores.gather(-1, at)
-    embeds_at = None
-    if latent.noise == "gaussian":
-        embeds_at = dense_embeds if at is None else embed(at)
-    lse = torch.logsumexp(scores, dim=-1) if mode == "multiplex" else None
-    action = action_logprob(mode, latent, scores_at, lse, token_logprobs, drawn.action_values, vectors,
-                            embeds_at, noise_scale)
+    action = step_logprobs(mode, latent, scores, token_logprobs, drawn.action_ids, drawn.action_values, vectors,
+                           embed, dense_embeds, scale)
     return vectors, torch.where(thinking, action, token_logprobs)

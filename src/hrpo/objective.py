@@ -20,7 +20,7 @@ import torch
 
 from .gate import HybridGate, thinking_inputs
 from .engines.eager import cache_argument
-from .latent import LatentConfig, action_logprob, embedding_rms, trains_actions
+from .latent import LatentConfig, noise_scale, step_logprobs, trains_actions
 from .sampling import Rollout, position_ids_from_mask, rows_repeat
 
 ADVANTAGE_EPS = 1e-4
@@ -141,21 +141,16 @@ class _ActionTerms:
     def __init__(self, model, rollout: Rollout, mode: str, latent: LatentConfig):
         self.rollout, self.mode, self.latent = rollout, mode, latent
         self.embed = model.get_input_embeddings()
-        self.noise_scale = latent.gaussian_sigma * embedding_rms(self.embed.weight)
+        self.scale = noise_scale(latent, self.embed.weight)
         self.dense = None
         if rollout.action_ids is None and mode == "soft" and latent.noise == "gaussian":  # the whole vocabulary
             self.dense = self.embed(torch.arange(self.embed.weight.shape[0], device=self.embed.weight.device))
 
     def row(self, i: int, scores: torch.Tensor, lse: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
         r = self.rollout
-        ids = None if r.action_ids is None else r.action_ids[i]
-        at = scores if ids is None else scores.gather(-1, ids)
-        embeds = None
-        if self.mode == "soft" and self.latent.noise == "gaussian":
-            embeds = self.dense if ids is None else self.embed(ids)
-        values = None if r.action_values is None else r.action_values[i]
-        action = action_logprob(self.mode, self.latent, at, lse, token, values,
-                                None if r.latents is None else r.latents[i], embeds, self.noise_scale)
+        at = lambda t: None if t is None else t[i]  # noqa: E731 - row i of a stored field
+        action = step_logprobs(self.mode, self.latent, scores, token, at(r.action_ids), at(r.action_values),
+                               at(r.latents), self.embed, self.dense, self.scale, full_lse=lse)
         return torch.where(r.thinking_mask[i], action, token)
 
 

@@ -12,10 +12,10 @@ import torch
 from transformers import DynamicCache
 
 from ..gate import HybridGate, thinking_inputs
-from ..latent import (FAMILY_MODES, LatentConfig, action_width, check_latent, cold_stop, draw, embedding_rms,
-                      family_inputs)
+from ..latent import (FAMILY_MODES, LatentConfig, action_width, check_latent, cold_stop, draw, family_inputs,
+                      noise_scale)
 from ..sampling import (MarkerMatcher, Rollout, SamplingConfig, fed_back_vectors, kept_count, position_ids_from_mask,
-                        row_uniforms, rows_repeat, sample_tokens, token_logprobs)
+                        row_uniforms, rows_repeat, sample_tokens)
 
 
 def cache_argument(model) -> str:
@@ -60,7 +60,7 @@ def generate_eager(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s
     dense = kept_count(sampling, vocab_size) == vocab_size
     if mode in ("hybrid", "latent", *FAMILY_MODES) and dense:
         dense_embeds = embed(torch.arange(vocab_size, device=device))
-    noise_scale = latent.gaussian_sigma * embedding_rms(embed.weight) if latent.noise == "gaussian" else 0.0
+    scale = noise_scale(latent, embed.weight)
     width = action_width(mode, latent, 0 if dense else kept_count(sampling, vocab_size))
     ids_out, values_out = [], []
     low_run = torch.zeros(batch, dtype=torch.long, device=device)
@@ -73,10 +73,9 @@ def generate_eager(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s
                                                                row_uniforms(row_seeds, step))
         if family:
             in_span = ~finished & (state < matcher.done_state)
-            drawn = draw(mode, latent, sampling, tokens, kept_probs, kept_ids, row_seeds, step, in_span, dense)
-            tokens = drawn.tokens
-            if mode == "soft":  # its token is argmax q (or argmax z), not the one sample_tokens drew
-                logprobs = token_logprobs(last_logits, tokens, sampling)
+            drawn = draw(mode, latent, sampling, last_logits, tokens, logprobs, kept_probs, kept_ids, row_seeds,
+                         step, in_span, dense)
+            tokens, logprobs = drawn.tokens, drawn.logprobs
         tokens = tokens.masked_fill(finished, pad_token_id)
         real_out.append(~finished)
         finished = finished | torch.isin(tokens, eos)
@@ -93,7 +92,7 @@ def generate_eager(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s
             if family:
                 vectors, family_lp = family_inputs(mode, latent, sampling, last_logits, drawn, kept_probs, kept_ids,
                                                    embed, dense_embeds, row_seeds, step, logprobs, thinking,
-                                                   noise_scale, embed.weight.dtype)
+                                                   scale, embed.weight.dtype)
                 logprobs_out[-1] = family_lp.masked_fill(~real_out[-1], 0.0)
                 if width:
                     ids_out.append(drawn.action_ids)

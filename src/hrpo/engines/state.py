@@ -13,7 +13,7 @@ import torch
 from ..gate import HybridGate, thinking_inputs
 from ..latent import FAMILY_MODES, LatentConfig, action_width, cold_stop, draw, family_inputs
 from ..sampling import (MarkerMatcher, Rollout, SamplingConfig, fed_back_vectors, kept_count, position_ids_from_mask,
-                        row_uniforms, sample_tokens, token_logprobs)
+                        row_uniforms, sample_tokens)
 from .layers import Modules, decoder_layer, decoder_layers, forward, last_logits
 from .weights import DecodeWeights
 
@@ -91,7 +91,7 @@ class StepSpec:
     pad_token_id: int
     max_new: int
     latent: LatentConfig = LatentConfig()
-    noise_scale: float = 0.0  # std of soft mode's Gaussian noise (gaussian_sigma x the embeddings' RMS)
+    noise_scale: float = 0.0  # std of soft mode's Gaussian noise (hrpo.latent.noise_scale)
 
 
 def sample_into(state: DecodeState, spec: StepSpec, embed) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -105,11 +105,9 @@ def sample_into(state: DecodeState, spec: StepSpec, embed) -> tuple[torch.Tensor
     family, dense = spec.mode in FAMILY_MODES, kept_count(spec.sampling, vocab) == vocab
     if family:
         in_span = real & (state.marker_state < spec.matcher.done_state)
-        drawn = draw(spec.mode, spec.latent, spec.sampling, tokens, kept_probs, kept_ids, state.row_seeds, t,
-                     in_span, dense)
-        tokens = drawn.tokens
-        if spec.mode == "soft":  # its token is argmax q (or argmax z), not the one sample_tokens drew
-            logprobs = token_logprobs(state.logits, tokens, spec.sampling)
+        drawn = draw(spec.mode, spec.latent, spec.sampling, state.logits, tokens, logprobs, kept_probs, kept_ids,
+                     state.row_seeds, t, in_span, dense)
+        tokens, logprobs = drawn.tokens, drawn.logprobs
     tokens = tokens.masked_fill(state.finished, spec.pad_token_id)
     finished = state.finished | (tokens[:, None] == spec.eos).any(dim=-1)
     vectors = None

@@ -13,7 +13,7 @@ from dataclasses import replace
 import torch
 
 from ..gate import HybridGate
-from ..latent import LatentConfig, check_latent, embedding_rms
+from ..latent import LatentConfig, check_latent, noise_scale
 from ..sampling import MarkerMatcher, Rollout, SamplingConfig, rollout_setup, rows_repeat
 from .graph import CHECK_LAG, SYNC_EVERY, captured_engine
 from .layers import decoder_layer, model_modules
@@ -54,12 +54,12 @@ def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sa
     latent = latent or LatentConfig()
     check_latent(latent, mode, sampling.top_k, sampling.top_p)
     modules = model_modules(model)
-    noise_scale = latent.gaussian_sigma * embedding_rms(modules.embed.weight) if latent.noise == "gaussian" else 0.0
     if matcher is not None:
         matcher.step(torch.zeros(1, dtype=torch.long, device=device), torch.zeros(1, dtype=torch.long, device=device))
     spec = StepSpec(sampling=sampling, mode=mode, gate=gate, matcher=matcher,
                     eos=torch.tensor(eos_token_ids or [-1], dtype=torch.long, device=device),
-                    pad_token_id=pad_token_id, max_new=max_new, latent=latent, noise_scale=noise_scale)
+                    pad_token_id=pad_token_id, max_new=max_new, latent=latent,
+                    noise_scale=noise_scale(latent, modules.embed.weight))
     group = group_size if group_size > 1 and rows_repeat(prompt_ids, prompt_mask, group_size) else 1
 
     if engine == "graph":
