@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from . import native
 from .layers import Modules, attention_inputs, decoder_layer, forward, layer_output, make_layer, model_modules, \
     use_decode_kernel
 from .options import OPTIONS
@@ -142,15 +143,16 @@ def _capture_once(model, weights: DecodeWeights, spec: StepSpec, key, batch, cac
             decode_step(state, spec, weights, modules, layer_fn, start, finish, attend)
         sample_into(state, spec, embed)
     torch.cuda.current_stream().wait_stream(side)
-    graphs, pool = {}, torch.cuda.graph_pool_handle()  # one memory pool: the graphs never run at once
-    for attend in lengths:
-        graphs[attend] = torch.cuda.CUDAGraph()
-        state.step.zero_()
-        with torch.cuda.graph(graphs[attend], pool=pool):
-            decode_step(state, spec, weights, modules, layer_fn, start, finish, attend)
-    last = torch.cuda.CUDAGraph()  # eager ops, captured: one launch instead of about a hundred
-    with torch.cuda.graph(last, pool=pool):
-        sample_into(state, spec, embed)
+    with native.disabled():  # a graph replays only what went through the dispatcher
+        graphs, pool = {}, torch.cuda.graph_pool_handle()  # one memory pool: the graphs never run at once
+        for attend in lengths:
+            graphs[attend] = torch.cuda.CUDAGraph()
+            state.step.zero_()
+            with torch.cuda.graph(graphs[attend], pool=pool):
+                decode_step(state, spec, weights, modules, layer_fn, start, finish, attend)
+        last = torch.cuda.CUDAGraph()  # eager ops, captured: one launch instead of about a hundred
+        with torch.cuda.graph(last, pool=pool):
+            sample_into(state, spec, embed)
     prefill_fn = _prefill_layer_for(weights, modules, embed.weight.dtype, embed.weight.device)
     compiled = "+".join(n for n, on in (("layers", compile_layers), ("sampler", compile_sampler),
                                         ("prefill", prefill_fn is not decoder_layer)) if on) or "none"

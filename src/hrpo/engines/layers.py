@@ -141,10 +141,11 @@ def decoder_layers(x, cos, sin, slots, mask, weights: DecodeWeights, kv, act, la
     return x, delta
 
 
-def last_logits(x, delta, weights: DecodeWeights) -> tuple[torch.Tensor, torch.Tensor]:
-    """The output of :func:`decoder_layers` -> (logits (B, V) and normed hidden state (B, H) of the last position)."""
+def last_logits(x, delta, weights: DecodeWeights, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output of :func:`decoder_layers` -> (logits (B, V) and normed hidden state (B, H) of the last position).
+    ``out``: a (B, V) tensor the logits may be written into (returned then; see :func:`linear`)."""
     hidden = rms_norm(x[:, -1] + delta[:, -1], weights.final_norm, weights.eps)
-    return linear(hidden, weights.lm_head), hidden
+    return linear(hidden, weights.lm_head, out=out), hidden
 
 
 def forward(x, positions, slots, mask, weights: DecodeWeights, modules: Modules, kv, layer_fn=decoder_layer):

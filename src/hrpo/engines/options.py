@@ -21,9 +21,13 @@ class GraphOptions:
     # the static engine on a CPU with fp32 weights: LoRA merged into the fused weights for the rollout (one GEMM per
     # projection, no epilogue; see hrpo.engines.weights.merged); False keeps the adapters unmerged as on CUDA
     merge_lora_on_cpu: bool = True
-    # the fast engines' fp32 GEMMs on a CPU: onednn (oneDNN's kernel, which reads a decode step's weights about
-    # twice as fast as aten's default at a few rows; hrpo.engines.weights.linear) or aten (F.linear)
-    cpu_linear: str = "onednn"
+    # the fast engines' fp32 GEMMs on a CPU: native (hrpo's kernel, hrpo.engines.native, at a decode step's few
+    # rows: it streams the weights near the memory bandwidth; oneDNN's kernel otherwise or without a C compiler),
+    # onednn (oneDNN's kernel throughout) or aten (F.linear); see hrpo.engines.weights.linear
+    cpu_linear: str = "native"
+    # the static engine on a CPU in fp32 with LoRA merged and attention "auto": every decoder layer of a decode
+    # step in one call of hrpo's kernel (hrpo.engines.native.DecodeLayers) instead of about 35 aten ops a layer
+    native_layers: bool = True
 
 
 OPTIONS = GraphOptions()

@@ -165,22 +165,27 @@ def step_inputs(state: DecodeState, spec: StepSpec, modules: Modules):
 
 def step_outputs(state: DecodeState, x, delta, weights: DecodeWeights) -> None:
     """The end of step t: the next logits and hidden state from the layers' output, and t + 1."""
-    logits, hidden = last_logits(x, delta, weights)
-    state.logits.copy_(logits)
+    logits, hidden = last_logits(x, delta, weights, out=state.logits)
+    if logits is not state.logits:
+        state.logits.copy_(logits)
     state.hidden.copy_(hidden)
     state.positions.add_(1)
     state.step.add_(1)
 
 
 def decode_step(state: DecodeState, spec: StepSpec, weights: DecodeWeights, modules: Modules, layer_fn,
-                start=step_inputs, finish=step_outputs, attend: int | None = None) -> None:
+                start=step_inputs, finish=step_outputs, attend: int | None = None, layers=None) -> None:
     """One full step t: sample, record, build the next input (gated in the thinking span), forward it,
     attending over the first ``attend`` cache slots (default all; must cover slot P + t). ``layer_fn``,
     ``start`` and ``finish`` may be compiled versions of :func:`decoder_layer`, :func:`step_inputs` and
-    :func:`step_outputs`."""
+    :func:`step_outputs`. ``layers``: a :class:`hrpo.engines.native.DecodeLayers` on ``state`` instead of
+    :func:`decoder_layers` (needs ``attend``)."""
     inputs, slot, cos, sin = start(state, spec, modules)
-    x, delta = decoder_layers(inputs, cos, sin, slot, state.valid[:, None, None, :attend], weights, state.kv,
-                              modules.act, layer_fn)
+    if layers is not None:
+        x, delta = layers(inputs, cos, sin, int(slot), attend)
+    else:
+        x, delta = decoder_layers(inputs, cos, sin, slot, state.valid[:, None, None, :attend], weights, state.kv,
+                                  modules.act, layer_fn)
     finish(state, x, delta, weights)
 
 

@@ -15,6 +15,7 @@ import torch
 from ..gate import HybridGate
 from ..latent import LatentConfig, check_latent, noise_scale
 from ..sampling import MarkerMatcher, Rollout, SamplingConfig, rollout_setup, rows_repeat
+from . import native
 from .graph import CHECK_LAG, SYNC_EVERY, captured_engine
 from .layers import decoder_layer, model_modules
 from .options import OPTIONS
@@ -29,6 +30,17 @@ def merge_lora_here(model) -> bool:
     """Whether the static engine merges LoRA for this rollout: fp32 weights on a CPU (see :data:`OPTIONS`)."""
     return OPTIONS.merge_lora_on_cpu and all(dtype == torch.float32 and device.type == "cpu"
                                              for _, dtype, device, _, _ in weights_signature(model))
+
+
+def native_layers(weights, state, modules, batch: int) -> native.DecodeLayers | None:
+    """The decode step's layers as one call of hrpo's CPU kernel where :data:`OPTIONS` ``.native_layers`` asks
+    (and ``.attention`` is "auto": an explicit attention keeps the aten layers) and the step qualifies
+    (:func:`hrpo.engines.native.layers_unsupported`), else None (the aten ops)."""
+    if not OPTIONS.native_layers or OPTIONS.attention != "auto" or state.kv[0].device.type != "cpu":
+        return None
+    if native.layers_unsupported(weights, state.kv, state.valid, modules.act, batch) is not None:
+        return None
+    return native.DecodeLayers(weights, state.kv, state.valid, batch)
 
 
 def _bucket(length: int) -> int:
@@ -74,8 +86,9 @@ def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sa
         state = allocate_state(weights, batch, length + max_new, max_new, modules.embed.weight.shape[1],
                                weights.lm_head.shape[0], mode != "discrete", modules.embed.weight.dtype, device,
                                **action_shape(spec, weights.lm_head.shape[0]))
+        layers = native_layers(weights, state, modules, batch)
         step_fn = lambda t: decode_step(state, spec, weights, modules, decoder_layer,  # noqa: E731
-                                        attend=length + t + 1)
+                                        attend=length + t + 1, layers=layers)
         sync_every, check_lag = sync_every or 1, check_lag or 0
         layer_fn, last_fn = decoder_layer, None
     prefill(state, prompt_ids, prompt_mask, group, weights, modules, layer_fn)

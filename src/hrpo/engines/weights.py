@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..gate import HybridGate, gated_mix
+from . import native
 from .options import OPTIONS
 
 
@@ -184,14 +185,18 @@ def fuse(parts: list[LinearParts], name: str, out: dict | None = None,
 _ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``; for fp32 on a CPU through oneDNN's kernel (:data:`OPTIONS` ``.cpu_linear``):
-    at a decode step's 8 rows it streams the weights about 2x as fast as the default GEMM (AVX512; 1.2x with
-    AVX2), the same products up to fp32 rounding (another summation order). Compiled code gets F.linear (the
-    compiler picks its own GEMM)."""
-    if (x.dtype == torch.float32 and x.device.type == "cpu" and OPTIONS.cpu_linear == "onednn" and _ONEDNN_LINEAR
-            and not torch.compiler.is_compiling()):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``; for fp32 on a CPU outside compiled code, by :data:`OPTIONS` ``.cpu_linear``:
+    "native", hrpo's kernel (:mod:`hrpo.engines.native`) for a decode step's few rows, else oneDNN's; "onednn",
+    oneDNN's (at 8 rows about 2x faster than the default GEMM with AVX512, 1.2x with AVX2); "aten", F.linear.
+    The same products up to fp32 rounding (another summation order). ``out``: where hrpo's kernel writes the
+    result if it runs (a contiguous tensor of the result's shape); check which tensor came back."""
+    if x.dtype == torch.float32 and x.device.type == "cpu" and not torch.compiler.is_compiling():
+        if OPTIONS.cpu_linear == "native" and native.supports(x, weight, bias):
+            return native.linear(x, weight, bias, out=out)
+        if OPTIONS.cpu_linear in ("native", "onednn") and _ONEDNN_LINEAR:
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
 
@@ -267,7 +272,7 @@ def decode_weights(model, into: DecodeWeights | None = None, merge_lora: bool = 
     """
     if merge_lora and into is not None:
         raise ValueError("merge_lora builds new tensors; it cannot write into captured ones")
-    if OPTIONS.cpu_linear == "onednn" and not _ONEDNN_LINEAR:
+    if OPTIONS.cpu_linear in ("native", "onednn") and not _ONEDNN_LINEAR:
         _warn_without_onednn()
     base = base_model(model)
     decoder, config = base.get_decoder(), base.config

@@ -1,0 +1,143 @@
+"""The static engine's CPU decode step against this machine's roofline, measured in the same invocation. JSON.
+
+    python benchmarks/decode_roofline.py [--modes discrete,hybrid] [--new-tokens 64] [--repeats 5]
+
+The work is benchmarks/vs_trl.py's rollout: the embedded SmolLM2-135M-Instruct in fp32 with LoRA r32 on all seven
+projections, 2 arithmetic prompts x 4 completions in the chat template, temperature 0.5, top-k 50, no EOS (every
+row decodes --new-tokens tokens). A decode step's time is (rollout of N + 4 tokens - rollout of 4 tokens) / N, the
+median over --repeats pairs: the prefill and the per-rollout setup cancel.
+
+The roofline is the larger of the step's FLOPs at the measured fp32 matmul rate (the best of repeated 2048^2
+products) and its bytes at the measured read bandwidth (the best of repeated sums over a buffer 16x the last-level
+cache). The bytes are every weight a step reads (the decoder's fused projections with LoRA merged, norms, the LM
+head) plus the keys and values it attends over, averaged over the rollout's lengths; the FLOPs are 2 per weight
+and row plus attention's 4 x rows x query heads x length x head size. The machine is measured again before each
+measured pair; ``ratio`` is a pair's step over its roofline, and each figure reported is the median over pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def matmul_rate(size: int = 2048, repeats: int = 10) -> float:
+    """The best fp32 GFLOP/s of a size x size product over ``repeats`` tries."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * size ** 3 / best / 1e9
+
+
+def read_bandwidth(megabytes: int = 512, repeats: int = 10) -> float:
+    """The best GB/s of a sum over a ``megabytes`` fp32 buffer (far larger than any cache) over ``repeats`` tries."""
+    buffer = torch.rand(megabytes * 2 ** 20 // 4)
+    best = min(_timed(buffer.sum) for _ in range(repeats))
+    return buffer.numel() * 4 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def step_cost(weights, batch: int, prompt_len: int, new_tokens: int) -> dict:
+    """A decode step's bytes and FLOPs from the fused weights it reads (see the module docstring)."""
+    tensors = [t for layer in weights.tensors for t in layer.values() if t is not None]
+    tensors += [weights.final_norm, weights.lm_head]
+    weight_bytes = sum(t.numel() * t.element_size() for t in tensors)
+    matrices = [layer[name] for layer in weights.tensors for name in ("qkv", "o", "gate_up", "down")]
+    weight_flops = 2 * batch * (sum(m.numel() for m in matrices) + weights.lm_head.numel())
+    mean_keys = statistics.mean(prompt_len + t + 1 for t in range(new_tokens))
+    layers, dim = len(weights.tensors), weights.head_dim
+    kv_bytes = layers * 2 * batch * weights.num_kv_heads * mean_keys * dim * 4
+    attention_flops = layers * 4 * batch * weights.num_heads * mean_keys * dim
+    return {"weight_bytes": weight_bytes, "kv_bytes": kv_bytes, "bytes": weight_bytes + kv_bytes,
+            "flops": weight_flops + attention_flops, "mean_attended_keys": mean_keys}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modes", default="discrete,hybrid")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--prompts", type=int, default=2)
+    parser.add_argument("--group", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    from peft import LoraConfig, get_peft_model
+
+    from hrpo import HybridGate, tasks
+    from hrpo.engines import options, static
+    from hrpo.engines.weights import decode_weights
+    from hrpo.models import load_model
+    from hrpo.progress import quiet_libraries
+    from hrpo.sampling import SamplingConfig, marker_matcher
+    from hrpo.text import chat_prompt_ids, left_pad
+
+    quiet_libraries()
+    torch.manual_seed(0)
+    loaded = load_model("embedded", dtype=torch.float32, device=torch.device("cpu"))
+    model = get_peft_model(loaded.model, LoraConfig(r=32, lora_alpha=64, target_modules=LORA_TARGETS))
+    for name, param in model.named_parameters():  # a trained-looking adapter (B is zero at init)
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.01)
+    model.eval()
+    tokenizer, task = loaded.tokenizer, tasks.get("arithmetic")
+    prompts = [chat_prompt_ids(tokenizer, task.messages(e)) for e in task.examples(args.prompts, seed=0)]
+    ids, mask = left_pad([p for p in prompts for _ in range(args.group)], tokenizer.pad_token_id)
+    batch = ids.shape[0]
+    gate = HybridGate(model.config.hidden_size)
+    matcher = marker_matcher(tokenizer, task.marker)
+
+    def rollout(mode: str, new_tokens: int) -> float:
+        sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=0.5, top_k=50)
+        hybrid = mode == "hybrid"
+        return _timed(lambda: static.generate_fast(
+            model, ids, mask, sampling, gate=gate if hybrid else None, matcher=matcher if hybrid else None,
+            eos_token_ids=[], pad_token_id=tokenizer.pad_token_id, row_seeds=torch.arange(batch), mode=mode,
+            group_size=args.group))
+
+    with torch.no_grad():
+        cost = step_cost(decode_weights(model, merge_lora=True), batch, ids.shape[1], args.new_tokens)
+    report = {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+              "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+              "cpu_linear": options.OPTIONS.cpu_linear, "native_layers": options.OPTIONS.native_layers,
+              "work": {"rows": batch, "prompt_tokens": ids.shape[1], "new_tokens": args.new_tokens}, "step": cost}
+    # the host's bandwidth moves with its neighbours' load (this shared 2-core machine: 38-69 GB/s within a
+    # minute), so the machine is measured again before every measured pair and each pair has its own roofline
+    for mode in args.modes.split(","):
+        rollout(mode, 4)  # warm-up: the kernel build, allocations
+        runs = []
+        for _ in range(args.repeats):
+            gflops, bandwidth = matmul_rate(repeats=5), read_bandwidth(repeats=5)
+            roofline_ms = max(cost["flops"] / gflops / 1e9, cost["bytes"] / bandwidth / 1e9) * 1e3
+            step_ms = (rollout(mode, args.new_tokens + 4) - rollout(mode, 4)) / args.new_tokens * 1e3
+            runs.append({"step_ms": step_ms, "roofline_ms": roofline_ms, "ratio": step_ms / roofline_ms,
+                         "fp32_matmul_gflops": gflops, "read_gb_s": bandwidth})
+        report[mode] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        report[mode]["runs"] = runs
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,380 @@
+/* hrpo's CPU kernels for a decode step in fp32: the product of a few rows with a weight matrix,
+ * y (M, N) = x (M, K) W (N, K)^T + bias (hrpo_linear), and every decoder layer of one step in one call
+ * (hrpo_decode_layers).
+ *
+ * A decode step multiplies a handful of rows by every weight of the model once, so it is bound by how fast the
+ * weights stream from memory. Each thread walks a contiguous range of W's rows (output columns); for each one it
+ * keeps up to eight rows of x in flight (one accumulator per row, vectorised along K) and prefetches W PREFETCH
+ * floats ahead, further than the hardware prefetcher goes. x (a few KB) stays in L1.
+ *
+ * Built by hrpo/engines/native.py with the system C compiler; it links the OpenMP runtime torch has loaded, so
+ * its threads are torch's. isa: 2 = AVX2 + FMA (also on AVX-512 CPUs: an AVX-512 version of the same loop
+ * streamed the weights 10-20% slower on an AMD EPYC), anything else = plain C, which the compiler vectorises
+ * for the baseline of its target.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <string.h>
+
+#define ROWS 8          /* rows of x per pass over a weight row */
+#define PREFETCH 2048   /* floats (8 KB) ahead in W */
+#define COLUMNS 16      /* a thread's share of N is a multiple of this */
+#ifndef AHEAD
+#define AHEAD 16        /* keys and values prefetched this many cache slots ahead */
+#endif
+
+#define INLINE static inline __attribute__((always_inline))
+#define AVX2 __attribute__((target("avx2,fma")))
+
+/* [start, end) of part `part` of `parts` over n items, in multiples of `align` */
+INLINE void share(int64_t n, int64_t align, int part, int parts, int64_t *start, int64_t *end) {
+    int64_t blocks = (n + align - 1) / align;
+    *start = blocks * part / parts * align;
+    *end = blocks * (part + 1) / parts * align;
+    if (*end > n) *end = n;
+    if (*start > n) *start = n;
+}
+
+/* y[r * N] = sums[r] + the products of k >= k0 (the tail that no vector covered) + bias, for r < rows */
+INLINE void finish(const float *x, int64_t K, int64_t k0, const float *w, const float *sums, int rows, float bias,
+                   float *y, int64_t N) {
+    for (int r = 0; r < rows; r++) {
+        float s = sums[r];
+        for (int64_t k = k0; k < K; k++) s += w[k] * x[r * K + k];
+        y[r * N] = s + bias;
+    }
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define HAVE_AVX2 1
+
+/* columns n0 <= n < n1 of y for `rows` (a constant after inlining) rows of x */
+INLINE AVX2 void columns_body_avx2(const float *x, const int rows, int64_t K, const float *W, const float *bias,
+                              float *y, int64_t N, int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; n++) {
+        const float *w = W + n * K;
+        __m256 acc[ROWS];
+        for (int r = 0; r < ROWS; r++) acc[r] = _mm256_setzero_ps();
+        int64_t k = 0;
+        for (; k + 8 <= K; k += 8) {
+            if ((k & 15) == 0) __builtin_prefetch(w + k + PREFETCH, 0, 3);
+            __m256 wv = _mm256_loadu_ps(w + k);
+            for (int r = 0; r < rows; r++) acc[r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + r * K + k), acc[r]);
+        }
+        /* eight horizontal sums at once: sums[r] = the total of acc[r]'s lanes */
+        __m256 h01 = _mm256_hadd_ps(acc[0], acc[1]), h23 = _mm256_hadd_ps(acc[2], acc[3]);
+        __m256 h45 = _mm256_hadd_ps(acc[4], acc[5]), h67 = _mm256_hadd_ps(acc[6], acc[7]);
+        __m256 h0123 = _mm256_hadd_ps(h01, h23), h4567 = _mm256_hadd_ps(h45, h67);
+        float sums[ROWS];
+        _mm256_storeu_ps(sums, _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20),
+                                             _mm256_permute2f128_ps(h0123, h4567, 0x31)));
+        finish(x, K, k, w, sums, rows, bias ? bias[n] : 0.0f, y + n, N);
+    }
+}
+
+#endif
+
+INLINE void columns_body_plain(const float *x, const int rows, int64_t K, const float *W, const float *bias,
+                               float *y, int64_t N, int64_t n0, int64_t n1) {
+    float zeros[ROWS] = {0};
+    for (int64_t n = n0; n < n1; n++) finish(x, K, 0, W + n * K, zeros, rows, bias ? bias[n] : 0.0f, y + n, N);
+}
+
+/* columns n0 <= n < n1 of y (M, N) = x (M, K) W^T + bias, in blocks of ROWS rows (each a specialised loop) */
+#define COLUMNS_FOR(SUFFIX, TARGET)                                                                                \
+TARGET static void columns_##SUFFIX(const float *x, int64_t M, int64_t K, const float *W, const float *bias,      \
+                                    float *y, int64_t N, int64_t n0, int64_t n1) {                                \
+    for (int64_t r0 = 0; r0 < M; r0 += ROWS) {                                                                    \
+        const float *xr = x + r0 * K;                                                                             \
+        float *yr = y + r0 * N;                                                                                   \
+        switch (M - r0 < ROWS ? M - r0 : ROWS) {                                                                  \
+            case 8: columns_body_##SUFFIX(xr, 8, K, W, bias, yr, N, n0, n1); break;                               \
+            case 7: columns_body_##SUFFIX(xr, 7, K, W, bias, yr, N, n0, n1); break;                               \
+            case 6: columns_body_##SUFFIX(xr, 6, K, W, bias, yr, N, n0, n1); break;                               \
+            case 5: columns_body_##SUFFIX(xr, 5, K, W, bias, yr, N, n0, n1); break;                               \
+            case 4: columns_body_##SUFFIX(xr, 4, K, W, bias, yr, N, n0, n1); break;                               \
+            case 3: columns_body_##SUFFIX(xr, 3, K, W, bias, yr, N, n0, n1); break;                               \
+            case 2: columns_body_##SUFFIX(xr, 2, K, W, bias, yr, N, n0, n1); break;                               \
+            default: columns_body_##SUFFIX(xr, 1, K, W, bias, yr, N, n0, n1); break;                              \
+        }                                                                                                         \
+    }                                                                                                             \
+}
+#ifdef HAVE_AVX2
+COLUMNS_FOR(avx2, AVX2)
+#endif
+COLUMNS_FOR(plain, )
+
+typedef void (*columns_fn)(const float *, int64_t, int64_t, const float *, const float *, float *, int64_t, int64_t,
+                           int64_t);
+
+static columns_fn columns_for(int isa) {
+#ifdef HAVE_AVX2
+    if (isa == 2) return columns_avx2;
+#endif
+    return columns_plain;
+}
+
+/* this thread's share of y (M, N) = x (M, K) W (N, K)^T (+ bias (N,) unless NULL), inside a parallel region */
+static void linear_share(columns_fn columns, const float *x, int64_t M, int64_t K, const float *W, const float *bias,
+                         float *y, int64_t N) {
+    int64_t n0, n1;
+    share(N, COLUMNS, omp_get_thread_num(), omp_get_num_threads(), &n0, &n1);
+    columns(x, M, K, W, bias, y, N, n0, n1);
+}
+
+/* y (M, N) = x (M, K) @ W (N, K)^T (+ bias (N,) unless NULL); all contiguous fp32. */
+void hrpo_linear(const float *x, int64_t M, int64_t K, const float *W, const float *bias, float *y, int64_t N,
+                 int isa, int threads) {
+    columns_fn columns = columns_for(isa);
+    #pragma omp parallel num_threads(threads)
+    linear_share(columns, x, M, K, W, bias, y, N);
+}
+
+/* ---- One decode step through every decoder layer (Llama family: RMSNorm, RoPE, grouped-query attention,
+ * SwiGLU): the math of hrpo/engines/layers.py for one new token per row. ---- */
+
+typedef struct {  /* one layer's tensors; a bias or q/k norm may be NULL */
+    const float *input_norm, *post_norm, *q_norm, *k_norm;
+    const float *qkv, *qkv_bias, *o, *o_bias, *gate_up, *gate_up_bias, *down, *down_bias;
+    float *kv;  /* (2, B, Hkv, L, D): keys, then values */
+} hrpo_layer;
+
+typedef struct {
+    int64_t batch, hidden, heads, kv_heads, head_dim, intermediate, cache_len;
+    float eps, scale;
+    int isa, threads;
+} hrpo_dims;
+
+/* e^x to about 2 ulp (Cephes' polynomial in plain arithmetic, so that a simd loop vectorises it); x is clamped
+ * to [-87.3, 88.7] */
+INLINE float exp_approx(float x) {
+    x = x < -87.33654f ? -87.33654f : (x > 88.72283f ? 88.72283f : x);
+    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { int32_t i; float f; } two_n = { .i = ((int32_t)n + 127) << 23 };
+    return p * two_n.f;
+}
+
+/* out (n,) = weight * (x / sqrt(mean(x^2) + eps)): transformers' RMSNorm in fp32 (out may be x) */
+INLINE void rms_norm(const float *x, const float *weight, float eps, int64_t n, float *out) {
+    float squares = 0.0f;
+    #pragma omp simd reduction(+:squares)
+    for (int64_t i = 0; i < n; i++) squares += x[i] * x[i];
+    float inverse = 1.0f / sqrtf(squares / (float)n + eps);
+    #pragma omp simd
+    for (int64_t i = 0; i < n; i++) out[i] = weight[i] * (x[i] * inverse);
+}
+
+/* x (D,) <- x cos + rotate_half(x) sin, rotate_half(x) = (-x[D/2:], x[:D/2]); D <= 512 */
+INLINE void rope(float *x, const float *cos, const float *sin, int64_t dim) {
+    int64_t half = dim / 2;
+    float rotated[512];
+    for (int64_t i = 0; i < half; i++) { rotated[i] = -x[half + i]; rotated[half + i] = x[i]; }
+    #pragma omp simd
+    for (int64_t i = 0; i < dim; i++) x[i] = x[i] * cos[i] + rotated[i] * sin[i];
+}
+
+/* scores (group, attend) = q K^T of one (row, KV head) -> softmax(scores * scale) over the slots where valid
+ * (0 elsewhere), in place */
+INLINE void softmax_rows(float *scores, const uint8_t *valid, int64_t attend, int64_t group, float scale) {
+    for (int64_t g = 0; g < group; g++) {
+        float *row = scores + g * attend, top = -INFINITY, sum = 0.0f;
+        for (int64_t n = 0; n < attend; n++) if (valid[n] && row[n] > top) top = row[n];
+        #pragma omp simd reduction(+:sum)
+        for (int64_t n = 0; n < attend; n++) {
+            row[n] = valid[n] ? exp_approx((row[n] - top) * scale) : 0.0f;
+            sum += row[n];
+        }
+        float inverse = 1.0f / sum;
+        #pragma omp simd
+        for (int64_t n = 0; n < attend; n++) row[n] *= inverse;
+    }
+}
+
+/* out (group, D) = probs (group, attend) V (attend, D) */
+static void values_plain(const float *probs, const float *values, int64_t attend, int64_t group, int64_t dim,
+                         float *out) {
+    for (int64_t g = 0; g < group; g++) {
+        float *o = out + g * dim;
+        for (int64_t i = 0; i < dim; i++) o[i] = 0.0f;
+        for (int64_t n = 0; n < attend; n++) {
+            float p = probs[g * attend + n];
+            #pragma omp simd
+            for (int64_t i = 0; i < dim; i++) o[i] += p * values[n * dim + i];
+        }
+    }
+}
+
+#ifdef HAVE_AVX2
+/* values_plain for `group` (a constant after inlining) heads, eight dimensions at a time in registers */
+INLINE AVX2 void values_body_avx2(const float *probs, const float *values, int64_t attend, const int group,
+                                  int64_t dim, float *out) {
+    int64_t c = 0;
+    for (; c + 8 <= dim; c += 8) {
+        __m256 acc[8];
+        for (int g = 0; g < group; g++) acc[g] = _mm256_setzero_ps();
+        for (int64_t n = 0; n < attend; n++) {
+            if (c == 0)  /* the first pass brings each value row in, AHEAD rows early; later passes find it */
+                for (int64_t j = 0; j < dim; j += 16) __builtin_prefetch(values + (n + AHEAD) * dim + j, 0, 3);
+            __m256 v = _mm256_loadu_ps(values + n * dim + c);
+            for (int g = 0; g < group; g++)
+                acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(probs[g * attend + n]), v, acc[g]);
+        }
+        for (int g = 0; g < group; g++) _mm256_storeu_ps(out + g * dim + c, acc[g]);
+    }
+    for (; c < dim; c++)
+        for (int g = 0; g < group; g++) {
+            float o = 0.0f;
+            for (int64_t n = 0; n < attend; n++) o += probs[g * attend + n] * values[n * dim + c];
+            out[g * dim + c] = o;
+        }
+}
+
+AVX2 static void values_avx2(const float *probs, const float *values, int64_t attend, int64_t group, int64_t dim,
+                             float *out) {
+    for (int64_t g0 = 0; g0 < group; g0 += 8) {
+        const float *p = probs + g0 * attend;
+        float *o = out + g0 * dim;
+        switch (group - g0 < 8 ? group - g0 : 8) {
+            case 8: values_body_avx2(p, values, attend, 8, dim, o); break;
+            case 7: values_body_avx2(p, values, attend, 7, dim, o); break;
+            case 6: values_body_avx2(p, values, attend, 6, dim, o); break;
+            case 5: values_body_avx2(p, values, attend, 5, dim, o); break;
+            case 4: values_body_avx2(p, values, attend, 4, dim, o); break;
+            case 3: values_body_avx2(p, values, attend, 3, dim, o); break;
+            case 2: values_body_avx2(p, values, attend, 2, dim, o); break;
+            default: values_body_avx2(p, values, attend, 1, dim, o); break;
+        }
+    }
+}
+#endif
+
+typedef void (*values_fn)(const float *, const float *, int64_t, int64_t, int64_t, float *);
+
+typedef struct {  /* one step's inputs and scratch, shared by the threads */
+    const hrpo_layer *layers;
+    const hrpo_dims *d;
+    float *x, *delta, *h, *qkv, *attn, *gate_up, *act, *scores;
+    const float *cos, *sin;
+    const uint8_t *valid;
+    int64_t valid_stride, slot, attend;
+} step_args;
+
+/* RoPE on (row b, KV head kh)'s queries and key, the key and value written at the slot, then its attention */
+INLINE void attend_head(const step_args *a, const hrpo_layer *w, columns_fn columns, values_fn weighted,
+                        int64_t b, int64_t kh, float *scores) {
+    const hrpo_dims *d = a->d;
+    int64_t D = d->head_dim, nh = d->heads, nkv = d->kv_heads, group = nh / nkv, L = d->cache_len;
+    float *row = a->qkv + b * (nh + 2 * nkv) * D, *q = row + kh * group * D, *k = row + (nh + kh) * D;
+    float *v = k + nkv * D;
+    const float *c = a->cos + b * D, *s = a->sin + b * D;
+    for (int64_t g = 0; g < group; g++) {
+        if (w->q_norm) rms_norm(q + g * D, w->q_norm, d->eps, D, q + g * D);
+        rope(q + g * D, c, s, D);
+    }
+    if (w->k_norm) rms_norm(k, w->k_norm, d->eps, D, k);
+    rope(k, c, s, D);
+    float *keys = w->kv + (b * nkv + kh) * L * D, *values = w->kv + ((d->batch + b) * nkv + kh) * L * D;
+    memcpy(keys + a->slot * D, k, D * sizeof(float));
+    memcpy(values + a->slot * D, v, D * sizeof(float));
+    /* scores^T (attend, group) with the keys as the rows: each reduction tree then sums eight keys' products */
+    float *transposed = scores + group * a->attend;
+    for (int64_t n0 = 0; n0 < a->attend; n0 += ROWS) {  /* eight keys at a time, AHEAD keys prefetched */
+        for (int64_t j = 0; j < ROWS * D; j += 16) __builtin_prefetch(keys + (n0 + AHEAD) * D + j, 0, 3);
+        int64_t rows = a->attend - n0 < ROWS ? a->attend - n0 : ROWS;
+        columns(keys + n0 * D, rows, D, q, NULL, transposed + n0 * group, group, 0, group);
+    }
+    for (int64_t g = 0; g < group; g++)
+        for (int64_t n = 0; n < a->attend; n++) scores[g * a->attend + n] = transposed[n * group + g];
+    softmax_rows(scores, a->valid + b * a->valid_stride, a->attend, group, d->scale);
+    weighted(scores, values, a->attend, group, D, a->attn + (b * nh + kh * group) * D);
+}
+
+/* every layer on this thread's share of each phase; the threads meet at a barrier between phases */
+#define LAYERS_FOR(SUFFIX, TARGET)                                                                                 \
+TARGET static void layers_##SUFFIX(const step_args *a, int64_t n_layers) {                                       \
+    const hrpo_dims *d = a->d;                                                                                    \
+    int64_t B = d->batch, H = d->hidden, D = d->head_dim, nh = d->heads, nkv = d->kv_heads;                       \
+    int64_t I = d->intermediate, width = (nh + 2 * nkv) * D, r0, r1, t0, t1;                                      \
+    int part = omp_get_thread_num(), parts = omp_get_num_threads();                                               \
+    float *scores = a->scores + part * 2 * (nh / nkv) * d->cache_len;                                                \
+    share(B, 1, part, parts, &r0, &r1);                                                                           \
+    share(B * nkv, 1, part, parts, &t0, &t1);                                                                     \
+    for (int64_t l = 0; l < n_layers; l++) {                                                                      \
+        const hrpo_layer *w = a->layers + l;                                                                      \
+        for (int64_t r = r0; r < r1; r++) {  /* the previous layer's MLP output joins the residual stream */     \
+            float *x = a->x + r * H;                                                                              \
+            if (l) {                                                                                              \
+                _Pragma("omp simd")                                                                               \
+                for (int64_t i = 0; i < H; i++) x[i] += a->delta[r * H + i];                                      \
+            }                                                                                                     \
+            rms_norm(x, w->input_norm, d->eps, H, a->h + r * H);                                                  \
+        }                                                                                                         \
+        _Pragma("omp barrier")                                                                                    \
+        linear_share(columns_##SUFFIX, a->h, B, H, w->qkv, w->qkv_bias, a->qkv, width);                           \
+        _Pragma("omp barrier")                                                                                    \
+        for (int64_t t = t0; t < t1; t++)                                                                         \
+            attend_head(a, w, columns_##SUFFIX, values_##SUFFIX, t / nkv, t % nkv, scores);                       \
+        _Pragma("omp barrier")                                                                                    \
+        linear_share(columns_##SUFFIX, a->attn, B, nh * D, w->o, w->o_bias, a->h, H);                              \
+        _Pragma("omp barrier")                                                                                    \
+        for (int64_t r = r0; r < r1; r++) {                                                                       \
+            float *x = a->x + r * H;                                                                              \
+            _Pragma("omp simd")                                                                                   \
+            for (int64_t i = 0; i < H; i++) x[i] += a->h[r * H + i];                                              \
+            rms_norm(x, w->post_norm, d->eps, H, a->h + r * H);                                                   \
+        }                                                                                                         \
+        _Pragma("omp barrier")                                                                                    \
+        linear_share(columns_##SUFFIX, a->h, B, H, w->gate_up, w->gate_up_bias, a->gate_up, 2 * I);               \
+        _Pragma("omp barrier")                                                                                    \
+        for (int64_t r = r0; r < r1; r++) {  /* SwiGLU: silu(gate) * up */                                       \
+            const float *g = a->gate_up + r * 2 * I, *u = g + I;                                                  \
+            float *out = a->act + r * I;                                                                          \
+            _Pragma("omp simd")                                                                                   \
+            for (int64_t i = 0; i < I; i++) out[i] = g[i] / (1.0f + exp_approx(-g[i])) * u[i];                    \
+        }                                                                                                         \
+        _Pragma("omp barrier")                                                                                    \
+        linear_share(columns_##SUFFIX, a->act, B, I, w->down, w->down_bias, a->delta, H);                         \
+        _Pragma("omp barrier")                                                                                    \
+    }                                                                                                             \
+}
+#ifdef HAVE_AVX2
+LAYERS_FOR(avx2, AVX2)
+#endif
+LAYERS_FOR(plain, )
+
+/* One decode step through n_layers layers. x (B, H): the step's input, left as the residual stream; delta
+ * (B, H): left as the last layer's MLP output (their sum is the last hidden state, before the final norm).
+ * cos/sin (B, D); valid (B, >= attend) with row stride valid_stride: the cache slots a row may attend to (slot
+ * included); this step's keys and values are written at cache slot `slot`. work: scratch of at least
+ * B * (H + (Hq + 2 Hkv) D + Hq D + 3 I) + threads * 2 (Hq / Hkv) L floats. */
+void hrpo_decode_layers(const hrpo_layer *layers, int64_t n_layers, const hrpo_dims *d, float *x, float *delta,
+                        const float *cos, const float *sin, const uint8_t *valid, int64_t valid_stride,
+                        int64_t slot, int64_t attend, float *work) {
+    int64_t B = d->batch, H = d->hidden, D = d->head_dim, nh = d->heads, nkv = d->kv_heads, I = d->intermediate;
+    step_args a = {.layers = layers, .d = d, .x = x, .delta = delta, .cos = cos, .sin = sin, .valid = valid,
+                   .valid_stride = valid_stride, .slot = slot, .attend = attend};
+    a.h = work;
+    a.qkv = a.h + B * H;
+    a.attn = a.qkv + B * (nh + 2 * nkv) * D;
+    a.gate_up = a.attn + B * nh * D;
+    a.act = a.gate_up + B * 2 * I;
+    a.scores = a.act + B * I;
+    #pragma omp parallel num_threads(d->threads)
+    {
+#ifdef HAVE_AVX2
+        if (d->isa == 2) layers_avx2(&a, n_layers);
+        else
+#endif
+        layers_plain(&a, n_layers);
+    }
+}

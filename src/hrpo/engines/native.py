@@ -1,0 +1,194 @@
+"""hrpo's own CPU kernels (:file:`cpu_kernels.c`): built once with the system C compiler, loaded with ctypes.
+
+Used by the fast engines' decode step on a CPU in fp32 (:data:`OPTIONS` ``.cpu_linear = "native"``). The
+library is compiled on first use into ``$HRPO_CACHE/kernels`` (default ~/.cache/hrpo), named by a hash of the
+source and the flags, written to a temporary name and renamed, so a crash never leaves a half-built library.
+Without a compiler (or OpenMP) there is one warning and the engine uses oneDNN's kernel instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
+FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC"]
+ISA = {"AVX512": 2, "AVX2": 2}  # torch.backends.cpu.get_cpu_capability() -> the kernel's code path; else plain C
+MAX_ROWS = 16  # above this many rows the product is compute-bound and oneDNN's blocked GEMM is faster
+
+
+_OFF = [0]  # > 0 inside :func:`disabled`
+
+
+@contextmanager
+def disabled():
+    """No native kernel inside (:func:`supports` is False): for a captured graph, which replays only what went
+    through the dispatcher (aten ops, device kernels), never a foreign call."""
+    _OFF[0] += 1
+    try:
+        yield
+    finally:
+        _OFF[0] -= 1
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("HRPO_CACHE", Path.home() / ".cache" / "hrpo")) / "kernels"
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def build(source: Path = SOURCE) -> Path:
+    """Compile ``source`` into the kernel cache (once per source and flags) and return the library's path.
+    Raises RuntimeError with the compiler's message when it cannot be built."""
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C compiler found (set CC, or install gcc)")
+    text = source.read_bytes()
+    key = hashlib.sha256(text + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"cpu_kernels-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+        partial = Path(work) / target.name
+        try:
+            done = subprocess.run([compiler, *FLAGS, str(source), "-o", str(partial)], capture_output=True,
+                                  text=True)
+        except OSError as error:
+            raise RuntimeError(f"the C compiler {compiler} could not run ({error.strerror})") from None
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} failed on {source.name}: {done.stderr.strip()[-2000:]}")
+        os.replace(partial, target)
+    return target
+
+
+@lru_cache(maxsize=1)
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, or None (with one warning) where they cannot be built."""
+    try:
+        lib = ctypes.CDLL(str(build()))
+    except (RuntimeError, OSError) as error:
+        warnings.warn(f"hrpo's CPU kernels are not available ({error}); the decode step uses oneDNN's GEMM")
+        return None
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    lib.hrpo_linear.argtypes = [pointer, size, size, pointer, pointer, pointer, size, ctypes.c_int, ctypes.c_int]
+    lib.hrpo_linear.restype = None
+    lib.hrpo_decode_layers.argtypes = [pointer, size, pointer, pointer, pointer, pointer, pointer, pointer, size,
+                                       size, size, pointer]
+    lib.hrpo_decode_layers.restype = None
+    return lib
+
+
+def isa() -> int:
+    """The code path for this CPU as torch sees it (ATEN_CPU_CAPABILITY lowers it, as for torch's own kernels)."""
+    return ISA.get(torch.backends.cpu.get_cpu_capability(), 0)
+
+
+def supports(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether :func:`linear` takes this product: fp32 CPU tensors, at most :data:`MAX_ROWS` rows, no grad."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    return (not _OFF[0] and 0 < rows <= MAX_ROWS and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"
+            and weight.is_contiguous() and weight.device.type == "cpu" and not torch.is_grad_enabled()
+            and (bias is None or (bias.dtype == torch.float32 and bias.is_contiguous()))
+            and library() is not None)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for x (..., K) of at most :data:`MAX_ROWS` rows, weight (N, K), bias (N,)
+    (see :func:`supports`) -> (..., N): the same products in another summation order (fp32 rounding).
+    ``out``: a contiguous fp32 tensor of the result's shape to write it into (else a new one)."""
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    shape = (*x.shape[:-1], weight.shape[0])
+    if out is None or out.shape != shape or out.dtype != torch.float32 or not out.is_contiguous():
+        out = torch.empty(shape, dtype=torch.float32)
+    library().hrpo_linear(rows.data_ptr(), rows.shape[0], rows.shape[1], weight.data_ptr(),
+                          None if bias is None else bias.data_ptr(), out.data_ptr(), weight.shape[0], isa(),
+                          torch.get_num_threads())
+    return out
+
+
+class _Layer(ctypes.Structure):  # hrpo_layer of cpu_kernels.c
+    _fields_ = [(name, ctypes.c_void_p) for name in (
+        "input_norm", "post_norm", "q_norm", "k_norm", "qkv", "qkv_bias", "o", "o_bias", "gate_up", "gate_up_bias",
+        "down", "down_bias", "kv")]
+
+
+class _Dims(ctypes.Structure):  # hrpo_dims of cpu_kernels.c
+    _fields_ = [(name, ctypes.c_int64) for name in (
+        "batch", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "cache_len")] + [
+        ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("isa", ctypes.c_int), ("threads", ctypes.c_int)]
+
+
+def _is_silu(act) -> bool:
+    probe = torch.linspace(-4, 4, 9)
+    with torch.no_grad():
+        return torch.allclose(act(probe), torch.nn.functional.silu(probe))
+
+
+def layers_unsupported(weights, kv: list[torch.Tensor], valid: torch.Tensor, act, batch: int) -> str | None:
+    """Why :class:`DecodeLayers` cannot run this decode step (None when it can): fp32 CPU tensors, contiguous,
+    no unmerged LoRA epilogue, SiLU, at most :data:`MAX_ROWS` rows, and the kernels built."""
+    if _OFF[0] or not 0 < batch <= MAX_ROWS:
+        return "disabled" if _OFF[0] else f"{batch} rows"
+    tensors = [t for w in weights.tensors for t in w.values() if t is not None] + list(kv)
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
+        return "not contiguous fp32 CPU tensors"
+    if any(w[f"{name}_lora_b"] is not None for w in weights.tensors for name in ("qkv", "o", "gate_up", "down")):
+        return "unmerged LoRA"
+    if weights.head_dim > 512 or weights.head_dim % 2 or weights.num_heads % weights.num_kv_heads:
+        return "head layout"
+    if not valid.is_contiguous() or not _is_silu(act):
+        return "activation" if valid.is_contiguous() else "validity mask layout"
+    return None if library() is not None else "kernels not built"
+
+
+class DecodeLayers:
+    """Every decoder layer of a decode step in one call of ``hrpo_decode_layers`` (:file:`cpu_kernels.c`): the
+    math of :func:`hrpo.engines.layers.decoder_layers` for one token per row, with this kernel's GEMMs and no
+    per-op dispatch. Holds pointers to ``weights``, the caches ``kv`` and ``valid`` (keep them alive and in
+    place); check :func:`layers_unsupported` first."""
+
+    def __init__(self, weights, kv: list[torch.Tensor], valid: torch.Tensor, batch: int):
+        self.keep = (weights, kv, valid)
+        pointer = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+        self.layers = (_Layer * len(kv))(*[_Layer(
+            pointer(w["input_norm"]), pointer(w["post_norm"]), pointer(w["q_norm"]), pointer(w["k_norm"]),
+            pointer(w["qkv"]), pointer(w["qkv_bias"]), pointer(w["o"]), pointer(w["o_bias"]), pointer(w["gate_up"]),
+            pointer(w["gate_up_bias"]), pointer(w["down"]), pointer(w["down_bias"]), cache.data_ptr())
+            for w, cache in zip(weights.tensors, kv)])
+        hidden, cache_len = weights.tensors[0]["o"].shape[0], kv[0].shape[3]
+        intermediate = weights.tensors[0]["down"].shape[1]
+        threads = torch.get_num_threads()
+        self.dims = _Dims(batch, hidden, weights.num_heads, weights.num_kv_heads, weights.head_dim, intermediate,
+                          cache_len, weights.eps, weights.scaling, isa(), threads)
+        width = (weights.num_heads + 2 * weights.num_kv_heads) * weights.head_dim
+        self.work = torch.empty(batch * (hidden + width + weights.num_heads * weights.head_dim + 3 * intermediate)
+                                + threads * 2 * (weights.num_heads // weights.num_kv_heads) * cache_len)
+        self.x, self.delta = torch.empty(batch, 1, hidden), torch.empty(batch, 1, hidden)
+        self.valid = valid
+        self.pointers = (ctypes.cast(self.layers, ctypes.c_void_p),
+                         ctypes.cast(ctypes.pointer(self.dims), ctypes.c_void_p))
+
+    def __call__(self, inputs: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: int, attend: int):
+        """inputs (B, 1, H) at cache slot ``slot`` with RoPE cos/sin (B, 1, D), attending over the first ``attend``
+        slots where valid -> (residual stream, last MLP output), both (B, 1, H), as decoder_layers returns."""
+        self.x.copy_(inputs)
+        cos, sin = cos.float().contiguous(), sin.float().contiguous()
+        layers, dims = self.pointers
+        library().hrpo_decode_layers(layers, len(self.layers), dims, self.x.data_ptr(),
+                                     self.delta.data_ptr(), cos.data_ptr(), sin.data_ptr(), self.valid.data_ptr(),
+                                     self.valid.stride(0), slot, attend, self.work.data_ptr())
+        return self.x, self.delta
