@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json-line", action="store_true", help="print 'RESULT <json>' (for vs_trl.py)")
     args = parser.parse_args()
 
     from peft import LoraConfig, get_peft_model
@@ -136,7 +137,7 @@ def main() -> None:
                          "fp32_matmul_gflops": gflops, "read_gb_s": bandwidth})
         report[mode] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
         report[mode]["runs"] = runs
-    print(json.dumps(report, indent=2))
+    print(f"RESULT {json.dumps(report)}" if args.json_line else json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """One RL step of TRL's GRPOTrainer and of `hrpo train` (discrete and hybrid), side by side on the same work. JSON.
 
     pip install -e ".[bench]"          # TRL, for this benchmark only
-    python benchmarks/vs_trl.py [--steps 6] [--new-tokens 64] [--prompts 2] [--group 4] [--only trl,discrete,hybrid]
+    python benchmarks/vs_trl.py [--steps 6] [--new-tokens 64] [--prompts 2] [--group 4]
+                                [--only trl,discrete,hybrid,roofline]
 
-``--only ...,discrete_aten,hybrid_aten`` adds hrpo with the decode step's fp32 GEMMs on F.linear instead of
-oneDNN (``OPTIONS.cpu_linear = "aten"``): what that kernel choice is worth, in the same invocation.
+``roofline`` runs benchmarks/decode_roofline.py on the same rollout: the decode step against this machine's
+measured roofline. ``--only ...,discrete_onednn,hybrid_onednn`` (or ``_aten``) adds hrpo with the decode step on
+the aten layers and oneDNN's GEMMs (or F.linear): ``OPTIONS.native_layers = False`` and ``OPTIONS.cpu_linear``,
+what hrpo's own CPU kernels are worth, in the same invocation.
 
 The work (the issue's): the embedded SmolLM2-135M-Instruct in fp32, LoRA r32 / alpha 64 on all seven projections,
 2 prompts x 4 completions of the arithmetic task in the model's chat template, every completion exactly
@@ -20,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,7 +31,9 @@ import time
 
 import torch
 
-TRAINERS = ("trl", "discrete", "hybrid", "discrete_aten", "hybrid_aten")  # *_aten: F.linear, not oneDNN
+from decode_roofline import cpu_name  # this directory
+
+TRAINERS = ("trl", "discrete", "hybrid", "discrete_onednn", "hybrid_onednn", "discrete_aten", "hybrid_aten")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -111,7 +115,8 @@ def run_hrpo(args, name: str) -> dict:
     from hrpo.trainer import setup, train_step
 
     mode, _, kernel = name.partition("_")
-    OPTIONS.cpu_linear = kernel or OPTIONS.cpu_linear
+    if kernel:  # the decode step on aten ops, its GEMMs on oneDNN or F.linear
+        OPTIONS.native_layers, OPTIONS.cpu_linear = False, kernel
 
     with tempfile.TemporaryDirectory() as out:
         cfg = build_config(cli_values={
@@ -128,7 +133,8 @@ def run_hrpo(args, name: str) -> dict:
             steps.append({"step_s": row["timing/step_s"], "rollout_s": row["timing/rollout_s"],
                           "reference_s": row["timing/reference_s"], "policy_s": row["timing/policy_s"]})
             assert row["completions/mean_length"] == args.new_tokens, row["completions/mean_length"]
-    return {"version": version("hrpo"), "cpu_linear": OPTIONS.cpu_linear, **_medians(steps), "steps": steps}
+    return {"version": version("hrpo"), "cpu_linear": OPTIONS.cpu_linear, "native_layers": OPTIONS.native_layers,
+            **_medians(steps), "steps": steps}
 
 
 def worker(args) -> None:
@@ -146,19 +152,22 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--group", type=int, default=4)
-    parser.add_argument("--only", default="trl,discrete,hybrid", help="Trainers to run (comma list of "
-                                                                      f"{', '.join(TRAINERS)}).")
+    parser.add_argument("--only", default="trl,discrete,hybrid,roofline", help="What to run (comma list of "
+                                                                               f"{', '.join(TRAINERS)}, roofline).")
     parser.add_argument("--worker", choices=TRAINERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    report = {"cpu": platform.processor() or platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    report = {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
               "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": "float32",
               "work": {"prompts": args.prompts, "group": args.group, "new_tokens": args.new_tokens,
                        "steps": args.steps, "median_over": f"steps 2..{args.steps}"}}
     for name in args.only.split(","):
         cmd = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps), "--new-tokens",
                str(args.new_tokens), "--prompts", str(args.prompts), "--group", str(args.group)]
+        if name == "roofline":
+            cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "decode_roofline.py"), "--new-tokens",
+                   str(args.new_tokens), "--prompts", str(args.prompts), "--group", str(args.group), "--json-line"]
         print(f"running {name} ...", file=sys.stderr, flush=True)
         done = subprocess.run(cmd, capture_output=True, text=True)
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -168,6 +177,9 @@ def main() -> None:
     if "trl" in report:
         report["ratios"] = {f"trl_over_{m}_{phase}": report["trl"][f"{phase}_s"] / report[m][f"{phase}_s"]
                             for m in TRAINERS[1:] if m in report for phase in ("step", "rollout", "rest")}
+    if "roofline" in report:
+        report.setdefault("ratios", {}).update({f"decode_step_over_roofline_{m}": report["roofline"][m]["ratio"]
+                                                for m in ("discrete", "hybrid")})
     if "discrete" in report and "hybrid" in report:
         report.setdefault("ratios", {})["hybrid_rollout_cost_over_discrete"] = (
             report["hybrid"]["rollout_s"] / report["discrete"]["rollout_s"] - 1.0)

@@ -75,21 +75,23 @@ def _qwen3(vocab_size: int):
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])  # plain; q/k/v biases; q/k norms
-def test_decode_layers_equal_the_aten_layers(arch, path, tokenizer, monkeypatch):
+@pytest.mark.parametrize("arch, group", [("llama", 1), ("qwen2", 1), ("qwen3", 1), ("llama", 2), ("qwen2", 3)])
+def test_decode_layers_equal_the_aten_layers(arch, group, path, tokenizer, monkeypatch):
+    """Plain Llama; q/k/v biases; q/k norms; rows in runs of ``group`` sharing a prompt, whose cache slots the
+    kernel reads once per run."""
     monkeypatch.setattr(native, "isa", lambda: path)
     model = with_random_lora(_qwen3(len(tokenizer)) if arch == "qwen3" else build_tiny_model(arch, len(tokenizer)))
     weights, modules = decode_weights(model, merge_lora=True), model_modules(model)
-    batch, new = 3, 5
-    ids, mask = left_pad([[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]], tokenizer.pad_token_id)  # padded slots invalid
-    hidden = model.config.hidden_size
+    prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]  # left-padded: the pads' slots are invalid
+    ids, mask = left_pad([p for p in prompts for _ in range(group)], tokenizer.pad_token_id)
+    batch, new, hidden = ids.shape[0], 5, model.config.hidden_size
     with torch.no_grad():
         state = allocate_state(weights, batch, ids.shape[1] + new, new, hidden, len(tokenizer), False,
                                torch.float32, torch.device("cpu"))
-        prefill(state, ids, mask, 1, weights, modules)
+        prefill(state, ids, mask, group, weights, modules)
         assert native.layers_unsupported(weights, state.kv, state.valid, modules.act, batch) is None
         aten_kv = [cache.clone() for cache in state.kv]
-        layers = native.DecodeLayers(weights, state.kv, state.valid, batch)
+        layers = native.DecodeLayers(weights, state.kv, state.valid, batch, group, ids.shape[1])
         gen = torch.Generator().manual_seed(1)
         for t in range(new):
             slot = ids.shape[1] + t

@@ -145,6 +145,9 @@ typedef struct {
     int64_t batch, hidden, heads, kv_heads, head_dim, intermediate, cache_len;
     float eps, scale;
     int isa, threads;
+    /* cache slots [0, prompt_len) hold the same keys and values in each run of rows_per_prompt rows (the rows of
+     * one prompt, whose prefill was copied to each): their queries attend over the first row's copy together */
+    int64_t rows_per_prompt, prompt_len;
 } hrpo_dims;
 
 /* e^x to about 2 ulp (Cephes' polynomial in plain arithmetic, so that a simd loop vectorises it); x is clamped
@@ -200,14 +203,14 @@ INLINE void softmax_rows(float *scores, const uint8_t *valid, int64_t attend, in
     }
 }
 
-/* out (group, D) = probs (group, attend) V (attend, D) */
-static void values_plain(const float *probs, const float *values, int64_t attend, int64_t group, int64_t dim,
-                         float *out) {
+/* out (group, D) = probs (group, attend; row stride `stride`) V (attend, D) */
+static void values_plain(const float *probs, int64_t stride, const float *values, int64_t attend, int64_t group,
+                         int64_t dim, float *out) {
     for (int64_t g = 0; g < group; g++) {
         float *o = out + g * dim;
         for (int64_t i = 0; i < dim; i++) o[i] = 0.0f;
         for (int64_t n = 0; n < attend; n++) {
-            float p = probs[g * attend + n];
+            float p = probs[g * stride + n];
             #pragma omp simd
             for (int64_t i = 0; i < dim; i++) o[i] += p * values[n * dim + i];
         }
@@ -216,8 +219,8 @@ static void values_plain(const float *probs, const float *values, int64_t attend
 
 #ifdef HAVE_AVX2
 /* values_plain for `group` (a constant after inlining) heads, eight dimensions at a time in registers */
-INLINE AVX2 void values_body_avx2(const float *probs, const float *values, int64_t attend, const int group,
-                                  int64_t dim, float *out) {
+INLINE AVX2 void values_body_avx2(const float *probs, int64_t stride, const float *values, int64_t attend,
+                                  const int group, int64_t dim, float *out) {
     int64_t c = 0;
     for (; c + 8 <= dim; c += 8) {
         __m256 acc[8];
@@ -227,38 +230,38 @@ INLINE AVX2 void values_body_avx2(const float *probs, const float *values, int64
                 for (int64_t j = 0; j < dim; j += 16) __builtin_prefetch(values + (n + AHEAD) * dim + j, 0, 3);
             __m256 v = _mm256_loadu_ps(values + n * dim + c);
             for (int g = 0; g < group; g++)
-                acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(probs[g * attend + n]), v, acc[g]);
+                acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(probs[g * stride + n]), v, acc[g]);
         }
         for (int g = 0; g < group; g++) _mm256_storeu_ps(out + g * dim + c, acc[g]);
     }
     for (; c < dim; c++)
         for (int g = 0; g < group; g++) {
             float o = 0.0f;
-            for (int64_t n = 0; n < attend; n++) o += probs[g * attend + n] * values[n * dim + c];
+            for (int64_t n = 0; n < attend; n++) o += probs[g * stride + n] * values[n * dim + c];
             out[g * dim + c] = o;
         }
 }
 
-AVX2 static void values_avx2(const float *probs, const float *values, int64_t attend, int64_t group, int64_t dim,
-                             float *out) {
+AVX2 static void values_avx2(const float *probs, int64_t stride, const float *values, int64_t attend, int64_t group,
+                             int64_t dim, float *out) {
     for (int64_t g0 = 0; g0 < group; g0 += 8) {
-        const float *p = probs + g0 * attend;
+        const float *p = probs + g0 * stride;
         float *o = out + g0 * dim;
         switch (group - g0 < 8 ? group - g0 : 8) {
-            case 8: values_body_avx2(p, values, attend, 8, dim, o); break;
-            case 7: values_body_avx2(p, values, attend, 7, dim, o); break;
-            case 6: values_body_avx2(p, values, attend, 6, dim, o); break;
-            case 5: values_body_avx2(p, values, attend, 5, dim, o); break;
-            case 4: values_body_avx2(p, values, attend, 4, dim, o); break;
-            case 3: values_body_avx2(p, values, attend, 3, dim, o); break;
-            case 2: values_body_avx2(p, values, attend, 2, dim, o); break;
-            default: values_body_avx2(p, values, attend, 1, dim, o); break;
+            case 8: values_body_avx2(p, stride, values, attend, 8, dim, o); break;
+            case 7: values_body_avx2(p, stride, values, attend, 7, dim, o); break;
+            case 6: values_body_avx2(p, stride, values, attend, 6, dim, o); break;
+            case 5: values_body_avx2(p, stride, values, attend, 5, dim, o); break;
+            case 4: values_body_avx2(p, stride, values, attend, 4, dim, o); break;
+            case 3: values_body_avx2(p, stride, values, attend, 3, dim, o); break;
+            case 2: values_body_avx2(p, stride, values, attend, 2, dim, o); break;
+            default: values_body_avx2(p, stride, values, attend, 1, dim, o); break;
         }
     }
 }
 #endif
 
-typedef void (*values_fn)(const float *, const float *, int64_t, int64_t, int64_t, float *);
+typedef void (*values_fn)(const float *, int64_t, const float *, int64_t, int64_t, int64_t, float *);
 
 typedef struct {  /* one step's inputs and scratch, shared by the threads */
     const hrpo_layer *layers;
@@ -269,34 +272,60 @@ typedef struct {  /* one step's inputs and scratch, shared by the threads */
     int64_t valid_stride, slot, attend;
 } step_args;
 
-/* RoPE on (row b, KV head kh)'s queries and key, the key and value written at the slot, then its attention */
-INLINE void attend_head(const step_args *a, const hrpo_layer *w, columns_fn columns, values_fn weighted,
-                        int64_t b, int64_t kh, float *scores) {
+/* the keys (values: 1, the values) of (row b, KV head kh) in layer w's cache: (L, D) */
+INLINE float *head_cache(const hrpo_layer *w, const hrpo_dims *d, int64_t b, int64_t kh, int values) {
+    return w->kv + ((values * d->batch + b) * d->kv_heads + kh) * d->cache_len * d->head_dim;
+}
+
+/* scores^T (n, columns) of `n` keys against `columns` queries (columns, D), eight keys (one reduction tree) at a
+ * time, with the keys AHEAD slots on prefetched */
+INLINE void key_scores(columns_fn columns, const float *keys, int64_t n, int64_t dim, const float *queries,
+                       int64_t count, float *transposed) {
+    for (int64_t n0 = 0; n0 < n; n0 += ROWS) {
+        for (int64_t j = 0; j < ROWS * dim; j += 16) __builtin_prefetch(keys + (n0 + AHEAD) * dim + j, 0, 3);
+        columns(keys + n0 * dim, n - n0 < ROWS ? n - n0 : ROWS, dim, queries, NULL, transposed + n0 * count, count,
+                0, count);
+    }
+}
+
+/* The rows b0 .. b0 + R - 1 of one prompt at KV head kh: RoPE on their queries and keys, this step's keys and
+ * values written at the slot, then attention, the prompt's slots read once (from row b0) for all R rows. work:
+ * scratch of 2 R G (D + L) + G D floats. */
+INLINE void attend_group(const step_args *a, const hrpo_layer *w, columns_fn columns, values_fn weighted,
+                         int64_t b0, int64_t kh, float *work) {
     const hrpo_dims *d = a->d;
-    int64_t D = d->head_dim, nh = d->heads, nkv = d->kv_heads, group = nh / nkv, L = d->cache_len;
-    float *row = a->qkv + b * (nh + 2 * nkv) * D, *q = row + kh * group * D, *k = row + (nh + kh) * D;
-    float *v = k + nkv * D;
-    const float *c = a->cos + b * D, *s = a->sin + b * D;
-    for (int64_t g = 0; g < group; g++) {
-        if (w->q_norm) rms_norm(q + g * D, w->q_norm, d->eps, D, q + g * D);
-        rope(q + g * D, c, s, D);
+    int64_t D = d->head_dim, nh = d->heads, nkv = d->kv_heads, G = nh / nkv, R = d->rows_per_prompt;
+    int64_t A = a->attend, P = d->prompt_len < A ? d->prompt_len : A, RG = R * G;
+    float *queries = work, *scores = queries + RG * D, *transposed = scores + RG * A, *shared = transposed + RG * A;
+    float *own = shared + RG * D;
+    for (int64_t r = 0; r < R; r++) {
+        float *row = a->qkv + (b0 + r) * (nh + 2 * nkv) * D, *q = row + kh * G * D, *k = row + (nh + kh) * D;
+        const float *c = a->cos + (b0 + r) * D, *s = a->sin + (b0 + r) * D;
+        for (int64_t g = 0; g < G; g++) {
+            if (w->q_norm) rms_norm(q + g * D, w->q_norm, d->eps, D, q + g * D);
+            rope(q + g * D, c, s, D);
+        }
+        if (w->k_norm) rms_norm(k, w->k_norm, d->eps, D, k);
+        rope(k, c, s, D);
+        memcpy(head_cache(w, d, b0 + r, kh, 0) + a->slot * D, k, D * sizeof(float));
+        memcpy(head_cache(w, d, b0 + r, kh, 1) + a->slot * D, k + nkv * D, D * sizeof(float));
+        memcpy(queries + r * G * D, q, G * D * sizeof(float));
     }
-    if (w->k_norm) rms_norm(k, w->k_norm, d->eps, D, k);
-    rope(k, c, s, D);
-    float *keys = w->kv + (b * nkv + kh) * L * D, *values = w->kv + ((d->batch + b) * nkv + kh) * L * D;
-    memcpy(keys + a->slot * D, k, D * sizeof(float));
-    memcpy(values + a->slot * D, v, D * sizeof(float));
-    /* scores^T (attend, group) with the keys as the rows: each reduction tree then sums eight keys' products */
-    float *transposed = scores + group * a->attend;
-    for (int64_t n0 = 0; n0 < a->attend; n0 += ROWS) {  /* eight keys at a time, AHEAD keys prefetched */
-        for (int64_t j = 0; j < ROWS * D; j += 16) __builtin_prefetch(keys + (n0 + AHEAD) * D + j, 0, 3);
-        int64_t rows = a->attend - n0 < ROWS ? a->attend - n0 : ROWS;
-        columns(keys + n0 * D, rows, D, q, NULL, transposed + n0 * group, group, 0, group);
+    key_scores(columns, head_cache(w, d, b0, kh, 0), P, D, queries, RG, transposed);  /* the prompt's, once */
+    for (int64_t i = 0; i < RG; i++)
+        for (int64_t n = 0; n < P; n++) scores[i * A + n] = transposed[n * RG + i];
+    for (int64_t r = 0; r < R; r++) {  /* each row's own slots */
+        key_scores(columns, head_cache(w, d, b0 + r, kh, 0) + P * D, A - P, D, queries + r * G * D, G, transposed);
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t n = P; n < A; n++) scores[(r * G + g) * A + n] = transposed[(n - P) * G + g];
+        softmax_rows(scores + r * G * A, a->valid + (b0 + r) * a->valid_stride, A, G, d->scale);
     }
-    for (int64_t g = 0; g < group; g++)
-        for (int64_t n = 0; n < a->attend; n++) scores[g * a->attend + n] = transposed[n * group + g];
-    softmax_rows(scores, a->valid + b * a->valid_stride, a->attend, group, d->scale);
-    weighted(scores, values, a->attend, group, D, a->attn + (b * nh + kh * group) * D);
+    weighted(scores, A, head_cache(w, d, b0, kh, 1), P, RG, D, shared);
+    for (int64_t r = 0; r < R; r++) {
+        float *out = a->attn + ((b0 + r) * nh + kh * G) * D;
+        weighted(scores + r * G * A + P, A, head_cache(w, d, b0 + r, kh, 1) + P * D, A - P, G, D, own);
+        for (int64_t i = 0; i < G * D; i++) out[i] = shared[r * G * D + i] + own[i];
+    }
 }
 
 /* every layer on this thread's share of each phase; the threads meet at a barrier between phases */
@@ -306,9 +335,10 @@ TARGET static void layers_##SUFFIX(const step_args *a, int64_t n_layers) {      
     int64_t B = d->batch, H = d->hidden, D = d->head_dim, nh = d->heads, nkv = d->kv_heads;                       \
     int64_t I = d->intermediate, width = (nh + 2 * nkv) * D, r0, r1, t0, t1;                                      \
     int part = omp_get_thread_num(), parts = omp_get_num_threads();                                               \
-    float *scores = a->scores + part * 2 * (nh / nkv) * d->cache_len;                                                \
+    int64_t RG = d->rows_per_prompt * (nh / nkv), groups = B / d->rows_per_prompt;                                \
+    float *scratch = a->scores + part * (2 * RG * (D + d->cache_len) + (nh / nkv) * D);                           \
     share(B, 1, part, parts, &r0, &r1);                                                                           \
-    share(B * nkv, 1, part, parts, &t0, &t1);                                                                     \
+    share(groups * nkv, 1, part, parts, &t0, &t1);                                                                \
     for (int64_t l = 0; l < n_layers; l++) {                                                                      \
         const hrpo_layer *w = a->layers + l;                                                                      \
         for (int64_t r = r0; r < r1; r++) {  /* the previous layer's MLP output joins the residual stream */     \
@@ -323,7 +353,7 @@ TARGET static void layers_##SUFFIX(const step_args *a, int64_t n_layers) {      
         linear_share(columns_##SUFFIX, a->h, B, H, w->qkv, w->qkv_bias, a->qkv, width);                           \
         _Pragma("omp barrier")                                                                                    \
         for (int64_t t = t0; t < t1; t++)                                                                         \
-            attend_head(a, w, columns_##SUFFIX, values_##SUFFIX, t / nkv, t % nkv, scores);                       \
+            attend_group(a, w, columns_##SUFFIX, values_##SUFFIX, t / nkv * d->rows_per_prompt, t % nkv, scratch); \
         _Pragma("omp barrier")                                                                                    \
         linear_share(columns_##SUFFIX, a->attn, B, nh * D, w->o, w->o_bias, a->h, H);                              \
         _Pragma("omp barrier")                                                                                    \
@@ -356,7 +386,8 @@ LAYERS_FOR(plain, )
  * (B, H): left as the last layer's MLP output (their sum is the last hidden state, before the final norm).
  * cos/sin (B, D); valid (B, >= attend) with row stride valid_stride: the cache slots a row may attend to (slot
  * included); this step's keys and values are written at cache slot `slot`. work: scratch of at least
- * B * (H + (Hq + 2 Hkv) D + Hq D + 3 I) + threads * 2 (Hq / Hkv) L floats. */
+ * B * (H + (Hq + 2 Hkv) D + Hq D + 3 I) + threads * (2 R (Hq / Hkv) (D + L) + (Hq / Hkv) D) floats, R the
+ * rows per prompt. */
 void hrpo_decode_layers(const hrpo_layer *layers, int64_t n_layers, const hrpo_dims *d, float *x, float *delta,
                         const float *cos, const float *sin, const uint8_t *valid, int64_t valid_stride,
                         int64_t slot, int64_t attend, float *work) {

@@ -129,7 +129,8 @@ class _Layer(ctypes.Structure):  # hrpo_layer of cpu_kernels.c
 class _Dims(ctypes.Structure):  # hrpo_dims of cpu_kernels.c
     _fields_ = [(name, ctypes.c_int64) for name in (
         "batch", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "cache_len")] + [
-        ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("isa", ctypes.c_int), ("threads", ctypes.c_int)]
+        ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("isa", ctypes.c_int), ("threads", ctypes.c_int),
+        ("rows_per_prompt", ctypes.c_int64), ("prompt_len", ctypes.c_int64)]
 
 
 def _is_silu(act) -> bool:
@@ -159,9 +160,16 @@ class DecodeLayers:
     """Every decoder layer of a decode step in one call of ``hrpo_decode_layers`` (:file:`cpu_kernels.c`): the
     math of :func:`hrpo.engines.layers.decoder_layers` for one token per row, with this kernel's GEMMs and no
     per-op dispatch. Holds pointers to ``weights``, the caches ``kv`` and ``valid`` (keep them alive and in
-    place); check :func:`layers_unsupported` first."""
+    place); check :func:`layers_unsupported` first.
 
-    def __init__(self, weights, kv: list[torch.Tensor], valid: torch.Tensor, batch: int):
+    ``rows_per_prompt`` R, ``prompt_len`` P: the rows come in runs of R that share one prompt, whose keys and
+    values fill cache slots [0, P) of each row alike (the engine's shared-prompt prefill); attention then reads
+    those slots once per run instead of once per row (R = 1: no sharing)."""
+
+    def __init__(self, weights, kv: list[torch.Tensor], valid: torch.Tensor, batch: int, rows_per_prompt: int = 1,
+                 prompt_len: int = 0):
+        if batch % rows_per_prompt:
+            raise ValueError(f"{batch} rows do not come in runs of {rows_per_prompt}")
         self.keep = (weights, kv, valid)
         pointer = lambda t: None if t is None else t.data_ptr()  # noqa: E731
         self.layers = (_Layer * len(kv))(*[_Layer(
@@ -172,11 +180,13 @@ class DecodeLayers:
         hidden, cache_len = weights.tensors[0]["o"].shape[0], kv[0].shape[3]
         intermediate = weights.tensors[0]["down"].shape[1]
         threads = torch.get_num_threads()
-        self.dims = _Dims(batch, hidden, weights.num_heads, weights.num_kv_heads, weights.head_dim, intermediate,
-                          cache_len, weights.eps, weights.scaling, isa(), threads)
-        width = (weights.num_heads + 2 * weights.num_kv_heads) * weights.head_dim
-        self.work = torch.empty(batch * (hidden + width + weights.num_heads * weights.head_dim + 3 * intermediate)
-                                + threads * 2 * (weights.num_heads // weights.num_kv_heads) * cache_len)
+        heads, kv_heads, dim = weights.num_heads, weights.num_kv_heads, weights.head_dim
+        self.dims = _Dims(batch, hidden, heads, kv_heads, dim, intermediate, cache_len, weights.eps,
+                          weights.scaling, isa(), threads, rows_per_prompt, prompt_len)
+        group = heads // kv_heads
+        per_thread = 2 * rows_per_prompt * group * (dim + cache_len) + group * dim
+        self.work = torch.empty(batch * (hidden + (heads + 2 * kv_heads) * dim + heads * dim + 3 * intermediate)
+                                + threads * per_thread)
         self.x, self.delta = torch.empty(batch, 1, hidden), torch.empty(batch, 1, hidden)
         self.valid = valid
         self.pointers = (ctypes.cast(self.layers, ctypes.c_void_p),

@@ -32,15 +32,17 @@ def merge_lora_here(model) -> bool:
                                              for _, dtype, device, _, _ in weights_signature(model))
 
 
-def native_layers(weights, state, modules, batch: int) -> native.DecodeLayers | None:
+def native_layers(weights, state, modules, batch: int, group: int = 1,
+                  prompt_len: int = 0) -> native.DecodeLayers | None:
     """The decode step's layers as one call of hrpo's CPU kernel where :data:`OPTIONS` ``.native_layers`` asks
     (and ``.attention`` is "auto": an explicit attention keeps the aten layers) and the step qualifies
-    (:func:`hrpo.engines.native.layers_unsupported`), else None (the aten ops)."""
+    (:func:`hrpo.engines.native.layers_unsupported`), else None (the aten ops). ``group``, ``prompt_len``: rows
+    in runs of ``group`` share their prompt's ``prompt_len`` cache slots (see :class:`native.DecodeLayers`)."""
     if not OPTIONS.native_layers or OPTIONS.attention != "auto" or state.kv[0].device.type != "cpu":
         return None
     if native.layers_unsupported(weights, state.kv, state.valid, modules.act, batch) is not None:
         return None
-    return native.DecodeLayers(weights, state.kv, state.valid, batch)
+    return native.DecodeLayers(weights, state.kv, state.valid, batch, group, prompt_len)
 
 
 def _bucket(length: int) -> int:
@@ -86,7 +88,7 @@ def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sa
         state = allocate_state(weights, batch, length + max_new, max_new, modules.embed.weight.shape[1],
                                weights.lm_head.shape[0], mode != "discrete", modules.embed.weight.dtype, device,
                                **action_shape(spec, weights.lm_head.shape[0]))
-        layers = native_layers(weights, state, modules, batch)
+        layers = native_layers(weights, state, modules, batch, group, length)
         step_fn = lambda t: decode_step(state, spec, weights, modules, decoder_layer,  # noqa: E731
                                         attend=length + t + 1, layers=layers)
         sync_every, check_lag = sync_every or 1, check_lag or 0
