@@ -8,11 +8,12 @@ row decodes --new-tokens tokens). A decode step's time is (rollout of N + 4 toke
 median over --repeats pairs: the prefill and the per-rollout setup cancel.
 
 The roofline is the larger of the step's FLOPs at the measured fp32 matmul rate (the best of repeated 2048^2
-products) and its bytes at the measured read bandwidth (the best of repeated sums over a buffer 16x the last-level
-cache). The bytes are every weight a step reads (the decoder's fused projections with LoRA merged, norms, the LM
-head) plus the keys and values it attends over, averaged over the rollout's lengths; the FLOPs are 2 per weight
-and row plus attention's 4 x rows x query heads x length x head size. The machine is measured again before each
-measured pair; ``ratio`` is a pair's step over its roofline, and each figure reported is the median over pairs.
+products) and its bytes at the measured read bandwidth (the best of repeated sums over a 512 MB buffer). The bytes
+are every weight a step reads (the decoder's fused projections with LoRA merged, norms, the LM head) plus the keys
+and values it attends over, averaged over the rollout's lengths (a prompt's once per group of rows that share it,
+as the engine reads them); the FLOPs are 2 per weight and row plus attention's 4 x rows x query heads x length x
+head size. The machine is measured again before each measured pair; ``ratio`` is a pair's step over its roofline,
+and each figure reported is the median over pairs.
 """
 
 from __future__ import annotations
@@ -60,19 +61,20 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def step_cost(weights, batch: int, prompt_len: int, new_tokens: int) -> dict:
-    """A decode step's bytes and FLOPs from the fused weights it reads (see the module docstring)."""
+def step_cost(weights, batch: int, group: int, prompt_len: int, new_tokens: int) -> dict:
+    """A decode step's bytes and FLOPs from the fused weights it reads (see the module docstring); the prompt's
+    keys and values count once per group of ``group`` rows that share it (what the step must read)."""
     tensors = [t for layer in weights.tensors for t in layer.values() if t is not None]
     tensors += [weights.final_norm, weights.lm_head]
     weight_bytes = sum(t.numel() * t.element_size() for t in tensors)
     matrices = [layer[name] for layer in weights.tensors for name in ("qkv", "o", "gate_up", "down")]
     weight_flops = 2 * batch * (sum(m.numel() for m in matrices) + weights.lm_head.numel())
-    mean_keys = statistics.mean(prompt_len + t + 1 for t in range(new_tokens))
-    layers, dim = len(weights.tensors), weights.head_dim
-    kv_bytes = layers * 2 * batch * weights.num_kv_heads * mean_keys * dim * 4
-    attention_flops = layers * 4 * batch * weights.num_heads * mean_keys * dim
+    mean_new = statistics.mean(t + 1 for t in range(new_tokens))  # the row's own slots, this step's included
+    layers, dim, slot_bytes = len(weights.tensors), weights.head_dim, 2 * weights.num_kv_heads * weights.head_dim * 4
+    kv_bytes = layers * slot_bytes * (batch // group * prompt_len + batch * mean_new)
+    attention_flops = layers * 4 * batch * weights.num_heads * (prompt_len + mean_new) * dim
     return {"weight_bytes": weight_bytes, "kv_bytes": kv_bytes, "bytes": weight_bytes + kv_bytes,
-            "flops": weight_flops + attention_flops, "mean_attended_keys": mean_keys}
+            "flops": weight_flops + attention_flops, "mean_attended_keys": prompt_len + mean_new}
 
 
 def main() -> None:
@@ -119,7 +121,7 @@ def main() -> None:
             group_size=args.group))
 
     with torch.no_grad():
-        cost = step_cost(decode_weights(model, merge_lora=True), batch, ids.shape[1], args.new_tokens)
+        cost = step_cost(decode_weights(model, merge_lora=True), batch, args.group, ids.shape[1], args.new_tokens)
     report = {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
               "cpu_linear": options.OPTIONS.cpu_linear, "native_layers": options.OPTIONS.native_layers,
