@@ -3,7 +3,7 @@
 Used by the fast engines' decode step on a CPU in fp32 (:data:`OPTIONS` ``.cpu_linear = "native"``). The
 library is compiled on first use into ``$HRPO_CACHE/kernels`` (default ~/.cache/hrpo), named by a hash of the
 source and the flags, written to a temporary name and renamed, so a crash never leaves a half-built library.
-Without a compiler (or OpenMP) there is one warning and the engine uses oneDNN's kernel instead.
+Without a compiler (or OpenMP) there is one warning, and the step runs on aten ops with oneDNN's GEMMs instead.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+from ..models import cache_dir
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC"]
@@ -41,10 +43,6 @@ def disabled():
         _OFF[0] -= 1
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("HRPO_CACHE", Path.home() / ".cache" / "hrpo")) / "kernels"
-
-
 def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
@@ -57,7 +55,7 @@ def build(source: Path = SOURCE) -> Path:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     text = source.read_bytes()
     key = hashlib.sha256(text + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"cpu_kernels-{key}.so"
+    target = cache_dir() / "kernels" / f"cpu_kernels-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
