@@ -9,7 +9,7 @@
  *
  * Built by hrpo/engines/native.py with the system C compiler; it links the OpenMP runtime torch has loaded, so
  * its threads are torch's. isa: 2 = AVX2 + FMA (also on AVX-512 CPUs: an AVX-512 version of the same loop
- * streamed the weights 10-20% slower on an AMD EPYC), anything else = plain C, which the compiler vectorises
+ * streamed the weights 7-20% slower on an AMD EPYC), anything else = plain C, which the compiler vectorises
  * for the baseline of its target.
  */
 #include <math.h>
@@ -20,9 +20,7 @@
 #define ROWS 8          /* rows of x per pass over a weight row */
 #define PREFETCH 2048   /* floats (8 KB) ahead in W */
 #define COLUMNS 16      /* a thread's share of N is a multiple of this */
-#ifndef AHEAD
 #define AHEAD 16        /* keys and values prefetched this many cache slots ahead */
-#endif
 
 #define INLINE static inline __attribute__((always_inline))
 #define AVX2 __attribute__((target("avx2,fma")))
@@ -52,7 +50,7 @@ INLINE void finish(const float *x, int64_t K, int64_t k0, const float *w, const 
 
 /* columns n0 <= n < n1 of y for `rows` (a constant after inlining) rows of x */
 INLINE AVX2 void columns_body_avx2(const float *x, const int rows, int64_t K, const float *W, const float *bias,
-                              float *y, int64_t N, int64_t n0, int64_t n1) {
+                                   float *y, int64_t N, int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; n++) {
         const float *w = W + n * K;
         __m256 acc[ROWS];

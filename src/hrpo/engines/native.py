@@ -78,7 +78,8 @@ def library() -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(str(build()))
     except (RuntimeError, OSError) as error:
-        warnings.warn(f"hrpo's CPU kernels are not available ({error}); the decode step uses oneDNN's GEMM")
+        warnings.warn(f"hrpo's CPU kernels are not available ({error}); the decode step runs on aten ops with "
+                      "oneDNN's GEMMs")
         return None
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     lib.hrpo_linear.argtypes = [pointer, size, size, pointer, pointer, pointer, size, ctypes.c_int, ctypes.c_int]
@@ -140,8 +141,10 @@ def _is_silu(act) -> bool:
 def layers_unsupported(weights, kv: list[torch.Tensor], valid: torch.Tensor, act, batch: int) -> str | None:
     """Why :class:`DecodeLayers` cannot run this decode step (None when it can): fp32 CPU tensors, contiguous,
     no unmerged LoRA epilogue, SiLU, at most :data:`MAX_ROWS` rows, and the kernels built."""
-    if _OFF[0] or not 0 < batch <= MAX_ROWS:
-        return "disabled" if _OFF[0] else f"{batch} rows"
+    if _OFF[0]:
+        return "disabled"
+    if not 0 < batch <= MAX_ROWS:
+        return f"{batch} rows"
     tensors = [t for w in weights.tensors for t in w.values() if t is not None] + list(kv)
     if any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
         return "not contiguous fp32 CPU tensors"
@@ -149,8 +152,10 @@ def layers_unsupported(weights, kv: list[torch.Tensor], valid: torch.Tensor, act
         return "unmerged LoRA"
     if weights.head_dim > 512 or weights.head_dim % 2 or weights.num_heads % weights.num_kv_heads:
         return "head layout"
-    if not valid.is_contiguous() or not _is_silu(act):
-        return "activation" if valid.is_contiguous() else "validity mask layout"
+    if not valid.is_contiguous():
+        return "validity mask layout"
+    if not _is_silu(act):
+        return "activation"
     return None if library() is not None else "kernels not built"
 
 

@@ -38,7 +38,7 @@ def native_layers(weights, state, modules, batch: int, group: int = 1,
     (and ``.attention`` is "auto": an explicit attention keeps the aten layers) and the step qualifies
     (:func:`hrpo.engines.native.layers_unsupported`), else None (the aten ops). ``group``, ``prompt_len``: rows
     in runs of ``group`` share their prompt's ``prompt_len`` cache slots (see :class:`native.DecodeLayers`)."""
-    if not OPTIONS.native_layers or OPTIONS.attention != "auto" or state.kv[0].device.type != "cpu":
+    if not OPTIONS.native_layers or OPTIONS.attention != "auto":
         return None
     if native.layers_unsupported(weights, state.kv, state.valid, modules.act, batch) is not None:
         return None
