@@ -265,19 +265,28 @@ def fed_back_vectors(mode: str, kept_probs: torch.Tensor, kept_ids: torch.Tensor
     return latent_embeddings(probs, dense_embeds)
 
 
-def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig, uniforms: torch.Tensor | None = None):
+def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig, uniforms: torch.Tensor | None = None,
+                  topk_lse=None):
     """Draw one token per row from last-position ``logits`` (B, V) by inverse CDF with ``uniforms`` (B,) in [0,1).
 
     Returns ``(tokens (B,), logprobs (B,) fp32, kept_probs (B, k) fp32, kept_ids (B, k))``: the kept
     distribution is the temperature/top-k/top-p one the token came from (k = V without top-k) and is what the
     latent is built from. ``logprobs`` are under the temperature-scaled full distribution. ``uniforms`` may be
-    None only when ``sampling.greedy``.
+    None only when ``sampling.greedy``. ``topk_lse``: a function ``(logits, k, T) -> (kept_logits (B, k),
+    kept_ids (B, k), logsumexp(logits / T) (B,))`` or None that makes the passes over the whole vocabulary
+    instead of torch.topk and torch.logsumexp (e.g. :func:`hrpo.engines.native.topk_lse`; an engine passes one
+    to all its loops, since torch.topk leaves ties in no set order).
     """
-    scores = logits.float() / sampling.temperature
-    k = kept_count(sampling, scores.shape[-1])
-    # select in the logits' own dtype (same order as the fp32 scores: dividing by T > 0 is monotonic and keeps
-    # distinct bf16 values distinct), then upcast only the k kept ones; a 16-bit radix select is half the passes
-    kept_logits, kept_ids = logits.topk(k, dim=-1)  # sorted, descending
+    k = kept_count(sampling, logits.shape[-1])
+    lp_temp = sampling.logprob_temperature or sampling.temperature
+    fused = None if topk_lse is None else topk_lse(logits, k, lp_temp)
+    if fused is None:
+        # select in the logits' own dtype (same order as the fp32 scores: dividing by T > 0 is monotonic and keeps
+        # distinct bf16 values distinct), then upcast only the k kept ones; a 16-bit radix select is half the passes
+        kept_logits, kept_ids = logits.topk(k, dim=-1)  # sorted, descending
+        lse = torch.logsumexp(logits.float() / lp_temp, dim=-1)
+    else:
+        kept_logits, kept_ids, lse = fused
     kept_probs = torch.softmax(kept_logits.float() / sampling.temperature, dim=-1)
     if sampling.top_p < 1.0:
         before = kept_probs.cumsum(dim=-1) - kept_probs
@@ -290,9 +299,7 @@ def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig, uniforms: torc
         target = uniforms[:, None] * cdf[:, -1:]
         choice = (cdf < target).sum(dim=-1, keepdim=True).clamp_max(k - 1)
         tokens = kept_ids.gather(-1, choice).squeeze(-1)
-    lp_temp = sampling.logprob_temperature or sampling.temperature
-    lp_scores = scores if lp_temp == sampling.temperature else logits.float() / lp_temp
-    logprobs = lp_scores.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(lp_scores, dim=-1)
+    logprobs = logits.gather(-1, tokens[:, None]).squeeze(-1).float() / lp_temp - lse
     return tokens, logprobs, kept_probs, kept_ids
 
 

@@ -1,6 +1,6 @@
 /* hrpo's CPU kernels for a decode step in fp32: the product of a few rows with a weight matrix,
- * y (M, N) = x (M, K) W (N, K)^T + bias (hrpo_linear), and every decoder layer of one step in one call
- * (hrpo_decode_layers).
+ * y (M, N) = x (M, K) W (N, K)^T + bias (hrpo_linear), every decoder layer of one step in one call
+ * (hrpo_decode_layers), and sampling's passes over the vocabulary: top-k and the log-sum-exp (hrpo_topk_lse).
  *
  * A decode step multiplies a handful of rows by every weight of the model once, so it is bound by how fast the
  * weights stream from memory. Each thread walks a contiguous range of W's rows (output columns); for each one it
@@ -406,4 +406,131 @@ void hrpo_decode_layers(const hrpo_layer *layers, int64_t n_layers, const hrpo_d
 #endif
         layers_plain(&a, n_layers);
     }
+}
+
+/* ---- The passes over the whole vocabulary that sampling makes (hrpo/sampling.py sample_tokens): the k largest
+ * logits of each row and the row's log-sum-exp at a temperature. ---- */
+
+/* put (value, id) into values/ids[0, *count), sorted by value descending and, among equal values, by id ascending
+ * (ids arrive ascending, so a value goes after its equals); when *count == k the last entry drops out */
+INLINE void keep(float *values, int64_t *ids, int64_t *count, int64_t k, float value, int64_t id) {
+    int64_t i = *count < k ? (*count)++ : k - 1;
+    for (; i > 0 && values[i - 1] < value; i--) {
+        values[i] = values[i - 1];
+        ids[i] = ids[i - 1];
+    }
+    values[i] = value;
+    ids[i] = id;
+}
+
+/* the scalar step of the scan: 1 if `value` is NaN, else keeps it if it beats the k-th value kept so far */
+INLINE int scan_one(float *values, int64_t *ids, int64_t *count, int64_t k, float value, int64_t id) {
+    if (value != value) return 1;
+    if (*count < k || value > values[k - 1]) keep(values, ids, count, k, value, id);
+    return 0;
+}
+
+/* the k (<= V) largest of row (V,) into values/ids (k,), in keep's order; returns 1 if the row holds a NaN */
+INLINE int top_plain(const float *row, int64_t V, int64_t k, float *values, int64_t *ids) {
+    int64_t count = 0;
+    int nan = 0;
+    for (int64_t i = 0; i < V; i++) nan |= scan_one(values, ids, &count, k, row[i], i);
+    return nan;
+}
+
+/* the sum of e^(row[i] scale - top) over the row (top: the largest row[i] scale), in double */
+INLINE double sum_exp(const float *row, int64_t V, float scale, float top) {
+    double sum = 0.0;
+    #pragma omp simd reduction(+:sum)
+    for (int64_t i = 0; i < V; i++) sum += (double)exp_approx(row[i] * scale - top);
+    return sum;
+}
+
+#ifdef HAVE_AVX2
+/* top_plain, eight logits at a time against the k-th value kept so far (most blocks hold none that beat it) */
+AVX2 static int top_avx2(const float *row, int64_t V, int64_t k, float *values, int64_t *ids) {
+    int64_t count = 0, i = 0;
+    int nan = 0;
+    for (; i < V && count < k; i++) nan |= scan_one(values, ids, &count, k, row[i], i);
+    for (; i + 8 <= V; i += 8) {
+        __m256 block = _mm256_loadu_ps(row + i);
+        __m256 beats = _mm256_or_ps(_mm256_cmp_ps(block, _mm256_set1_ps(values[k - 1]), _CMP_GT_OQ),
+                                    _mm256_cmp_ps(block, block, _CMP_UNORD_Q));
+        if (_mm256_movemask_ps(beats))
+            for (int64_t j = i; j < i + 8; j++) nan |= scan_one(values, ids, &count, k, row[j], j);
+    }
+    for (; i < V; i++) nan |= scan_one(values, ids, &count, k, row[i], i);
+    return nan;
+}
+
+/* exp_approx on eight lanes */
+INLINE AVX2 __m256 exp_approx_avx2(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654f)), _mm256_set1_ps(88.72283f));
+    __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    __m256 r = _mm256_add_ps(_mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f))),
+                             _mm256_mul_ps(n, _mm256_set1_ps(2.12194440e-4f)));
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0f));
+    __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
+}
+
+/* sum_exp: fp32 sums over blocks of 512 logits (64 per lane), added up in double */
+AVX2 static double sum_exp_avx2(const float *row, int64_t V, float scale, float top) {
+    __m256d total = _mm256_setzero_pd();
+    __m256 s = _mm256_set1_ps(scale), shift = _mm256_set1_ps(top);
+    int64_t i = 0;
+    for (; i + 512 <= V; i += 512) {
+        __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+        for (int64_t j = i; j < i + 512; j += 16) {
+            a = _mm256_add_ps(a, exp_approx_avx2(_mm256_fmsub_ps(_mm256_loadu_ps(row + j), s, shift)));
+            b = _mm256_add_ps(b, exp_approx_avx2(_mm256_fmsub_ps(_mm256_loadu_ps(row + j + 8), s, shift)));
+        }
+        __m256 block = _mm256_add_ps(a, b);
+        total = _mm256_add_pd(total, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(block)),
+                                                   _mm256_cvtps_pd(_mm256_extractf128_ps(block, 1))));
+    }
+    double lanes[4];
+    _mm256_storeu_pd(lanes, total);
+    return lanes[0] + lanes[1] + lanes[2] + lanes[3] + sum_exp(row + i, V - i, scale, top);
+}
+#endif
+
+/* For each row b of logits (B, V): its k (<= V) largest values and their ids, sorted by value descending and
+ * by id ascending among equal values, into values/ids (B, k); and lse[b] = log sum_i e^(logits[b, i] / T) with
+ * T = lse_temperature (the logits times 1 / T, e^x to about 2 ulp, fp32 sums of 512 added in double).
+ * Returns the number of rows holding a NaN (their outputs are unspecified). */
+int64_t hrpo_topk_lse(const float *logits, int64_t B, int64_t V, int64_t k, float lse_temperature, float *values,
+                      int64_t *ids, float *lse, int isa, int threads) {
+    int64_t nans = 0;
+    #pragma omp parallel for num_threads(threads) schedule(static) reduction(+:nans)
+    for (int64_t b = 0; b < B; b++) {
+        const float *row = logits + b * V;
+        float *kept = values + b * k;
+        int nan;
+        double sum;
+#ifdef HAVE_AVX2
+        if (isa == 2) nan = top_avx2(row, V, k, kept, ids + b * k);
+        else
+#endif
+        nan = top_plain(row, V, k, kept, ids + b * k);
+        float scale = 1.0f / lse_temperature, top = kept[0] * scale;
+        if (nan || top == -INFINITY || top == INFINITY) {
+            lse[b] = top;
+            nans += nan;
+            continue;
+        }
+#ifdef HAVE_AVX2
+        if (isa == 2) sum = sum_exp_avx2(row, V, scale, top);
+        else
+#endif
+        sum = sum_exp(row, V, scale, top);
+        lse[b] = top + (float)log(sum);
+    }
+    return nans;
 }

@@ -16,6 +16,7 @@ from ..latent import (FAMILY_MODES, LatentConfig, action_width, check_latent, co
                       noise_scale)
 from ..sampling import (MarkerMatcher, Rollout, SamplingConfig, fed_back_vectors, kept_count, position_ids_from_mask,
                         row_uniforms, rows_repeat, sample_tokens)
+from . import native
 
 
 def cache_argument(model) -> str:
@@ -68,9 +69,10 @@ def generate_eager(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s
     tokens_out, logprobs_out, real_out, thinking_out, latents_out, gate_mean_out = [], [], [], [], [], []
     state = torch.zeros(batch, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    uniforms = row_uniforms(row_seeds[:, None], torch.arange(max_new, device=device))  # (B, N): one per step
+    topk_lse = native.sampling_passes(device)
     for step in range(max_new):
-        tokens, logprobs, kept_probs, kept_ids = sample_tokens(last_logits, sampling,
-                                                               row_uniforms(row_seeds, step))
+        tokens, logprobs, kept_probs, kept_ids = sample_tokens(last_logits, sampling, uniforms[:, step], topk_lse)
         if family:
             in_span = ~finished & (state < matcher.done_state)
             drawn = draw(mode, latent, sampling, last_logits, tokens, logprobs, kept_probs, kept_ids, row_seeds,

@@ -22,11 +22,13 @@ from pathlib import Path
 import torch
 
 from ..models import cache_dir
+from .options import OPTIONS
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
-FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-lm"]
 ISA = {"AVX512": 2, "AVX2": 2}  # torch.backends.cpu.get_cpu_capability() -> the kernel's code path; else plain C
 MAX_ROWS = 32  # a decode step's rows, up to here (at 32 still 1.2x oneDNN's speed with AVX2); a prefill: oneDNN
+MAX_KEPT = 256  # topk_lse keeps at most this many logits a row (a sorted insertion; more: torch.topk)
 
 
 _OFF = [0]  # > 0 inside :func:`disabled`
@@ -87,6 +89,9 @@ def library() -> ctypes.CDLL | None:
     lib.hrpo_decode_layers.argtypes = [pointer, size, pointer, pointer, pointer, pointer, pointer, pointer, size,
                                        size, size, pointer]
     lib.hrpo_decode_layers.restype = None
+    lib.hrpo_topk_lse.argtypes = [pointer, size, size, size, ctypes.c_float, pointer, pointer, pointer, ctypes.c_int,
+                                  ctypes.c_int]
+    lib.hrpo_topk_lse.restype = size
     return lib
 
 
@@ -117,6 +122,35 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
                           None if bias is None else bias.data_ptr(), out.data_ptr(), weight.shape[0], isa(),
                           torch.get_num_threads())
     return out
+
+
+def topk_lse(logits: torch.Tensor, k: int, lse_temperature: float):
+    """The full-vocabulary passes of :func:`hrpo.sampling.sample_tokens` in one call: for logits (B, V) fp32 on a
+    CPU, ``(kept_logits (B, k), kept_ids (B, k), lse (B,))`` with the k largest logits of each row, sorted by value
+    descending and by id ascending among equal values (torch.topk leaves ties in no set order), and
+    lse = logsumexp(logits / lse_temperature) (fp64 sum of fp32 exps; the same value as torch's to fp32
+    rounding). None where it does not apply (another dtype or device, k over :data:`MAX_KEPT`, no AVX2 (the plain
+    C loop is slower than torch's), inside :func:`disabled`, no kernels) or a row holds a NaN: the caller then uses
+    torch's ops."""
+    if (_OFF[0] or logits.device.type != "cpu" or logits.dtype != torch.float32 or logits.dim() != 2
+            or not 0 < k <= min(MAX_KEPT, logits.shape[1]) or logits.requires_grad or isa() != 2
+            or library() is None):
+        return None
+    logits = logits.contiguous()
+    batch = logits.shape[0]
+    values, ids = torch.empty(batch, k), torch.empty(batch, k, dtype=torch.long)
+    lse = torch.empty(batch)
+    nans = library().hrpo_topk_lse(logits.data_ptr(), batch, logits.shape[1], k, lse_temperature, values.data_ptr(),
+                                   ids.data_ptr(), lse.data_ptr(), isa(), torch.get_num_threads())
+    return None if nans else (values, ids, lse)
+
+
+def sampling_passes(device: torch.device):
+    """What the engines pass as :func:`hrpo.sampling.sample_tokens`'s ``topk_lse`` on ``device``: :func:`topk_lse`
+    on a CPU where :data:`OPTIONS` ``.native_sampling`` asks, else None: torch's ops, also while torch.compile
+    traces the step (a foreign call would break its graph)."""
+    usable = OPTIONS.native_sampling and device.type == "cpu" and not torch.compiler.is_compiling()
+    return topk_lse if usable else None
 
 
 class _Layer(ctypes.Structure):  # hrpo_layer of cpu_kernels.c

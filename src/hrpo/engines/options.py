@@ -28,6 +28,9 @@ class GraphOptions:
     # the static engine on a CPU in fp32 with LoRA merged and attention "auto": every decoder layer of a decode
     # step in one call of hrpo's kernel (hrpo.engines.native.DecodeLayers) instead of about 35 aten ops a layer
     native_layers: bool = True
+    # the engines' sampling on a CPU in fp32 with AVX2: top-k and the log-sum-exp over the vocabulary in one call of
+    # hrpo's kernel (hrpo.engines.native.topk_lse) instead of torch.topk and torch.logsumexp (about 7x faster)
+    native_sampling: bool = True
 
 
 OPTIONS = GraphOptions()

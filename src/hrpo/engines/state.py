@@ -14,6 +14,7 @@ from ..gate import HybridGate, thinking_inputs
 from ..latent import FAMILY_MODES, LatentConfig, action_width, cold_stop, draw, family_inputs
 from ..sampling import (MarkerMatcher, Rollout, SamplingConfig, fed_back_vectors, kept_count, position_ids_from_mask,
                         row_uniforms, sample_tokens)
+from . import native
 from .layers import Modules, decoder_layer, decoder_layers, forward, last_logits
 from .weights import DecodeWeights
 
@@ -30,6 +31,7 @@ class DecodeState:
     step: torch.Tensor  # () long: decode step t
     prompt_len: torch.Tensor  # () long: P, so the step writes slot P + t
     row_seeds: torch.Tensor
+    uniforms: torch.Tensor  # (B, N) fp32: row_uniforms of each row's seed at each step
     finished: torch.Tensor
     marker_state: torch.Tensor
     tokens: torch.Tensor  # (B, N) outputs ...
@@ -57,6 +59,7 @@ def allocate_state(weights: DecodeWeights, batch: int, cache_len: int, max_new: 
         step=zeros((), dtype=torch.long),
         prompt_len=zeros((), dtype=torch.long),
         row_seeds=zeros(batch, dtype=torch.long),
+        uniforms=zeros(batch, max_new),
         finished=zeros(batch, dtype=torch.bool),
         marker_state=zeros(batch, dtype=torch.long),
         tokens=zeros(batch, max_new, dtype=torch.long),
@@ -99,7 +102,8 @@ def sample_into(state: DecodeState, spec: StepSpec, embed) -> tuple[torch.Tensor
     t = state.step
     column = t.view(1)
     tokens, logprobs, kept_probs, kept_ids = sample_tokens(state.logits, spec.sampling,
-                                                           row_uniforms(state.row_seeds, t))
+                                                           state.uniforms.index_select(1, column)[:, 0],
+                                                           native.sampling_passes(state.logits.device))
     real = ~state.finished
     vocab = state.logits.shape[-1]
     family, dense = spec.mode in FAMILY_MODES, kept_count(spec.sampling, vocab) == vocab
@@ -220,6 +224,8 @@ def prefill(state: DecodeState, prompt_ids, prompt_mask, group: int, weights: De
 def reset_outputs(state: DecodeState, row_seeds: torch.Tensor) -> None:
     state.step.zero_()
     state.row_seeds.copy_(row_seeds)
+    steps = torch.arange(state.uniforms.shape[1], device=row_seeds.device)
+    state.uniforms.copy_(row_uniforms(row_seeds[:, None], steps))
     state.finished.zero_()
     state.marker_state.zero_()
     for t in (state.tokens, state.real, state.thinking, state.logprobs):

@@ -1,0 +1,110 @@
+"""hrpo's sampling kernel (hrpo_topk_lse in hrpo/engines/cpu_kernels.c, hrpo.engines.native.topk_lse): the k
+largest logits against torch.topk and a hand-ordered tie, the log-sum-exp against fp64, where it steps aside, and
+the engines' rollouts with it against the same rollouts on torch's ops."""
+
+import pytest
+import torch
+
+from conftest import assert_same_rollout, build_tiny_model, with_random_lora
+from hrpo import SamplingConfig, generate
+from hrpo.engines import native, options
+from hrpo.sampling import row_uniforms, sample_tokens
+from hrpo.text import left_pad
+
+if native.library() is None:
+    pytest.skip("hrpo's CPU kernels could not be built here (no C compiler)", allow_module_level=True)
+
+PATHS = [0] + ([2] if native.isa() == 2 else [])  # plain C, AVX2
+
+
+def _topk_lse(logits: torch.Tensor, k: int, temperature: float, path: int, threads: int = 2):
+    batch = logits.shape[0]
+    values, ids = torch.full((batch, k), float("nan")), torch.full((batch, k), -1, dtype=torch.long)
+    lse = torch.full((batch,), float("nan"))
+    nans = native.library().hrpo_topk_lse(logits.data_ptr(), batch, logits.shape[1], k, temperature,
+                                          values.data_ptr(), ids.data_ptr(), lse.data_ptr(), path, threads)
+    return values, ids, lse, nans
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("batch, vocab, k", [(8, 49152, 50), (9, 1003, 1), (1, 7, 7), (3, 300, 256)])
+def test_the_kept_logits_are_torch_topks_and_the_lse_is_fp64s(path, batch, vocab, k):
+    logits = torch.randn(batch, vocab, generator=torch.Generator().manual_seed(vocab)) * 4  # no ties (a.s.)
+    for temperature in (1.0, 0.7):
+        for threads in (1, 2):
+            values, ids, lse, nans = _topk_lse(logits, k, temperature, path, threads)
+            want_values, want_ids = logits.topk(k, dim=-1)
+            assert nans == 0 and torch.equal(ids, want_ids) and torch.equal(values, want_values)
+            want = torch.logsumexp(logits.double() / temperature, dim=-1)
+            torch.testing.assert_close(lse.double(), want, atol=0, rtol=2e-7)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_equal_logits_are_kept_in_id_order(path):
+    row = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0, -float("inf"), 2.0] + [0.0] * 10])
+    values, ids, lse, _ = _topk_lse(row, 5, 1.0, path)
+    assert ids.tolist() == [[1, 2, 4, 3, 6]] and values.tolist() == [[3.0, 3.0, 3.0, 2.0, 2.0]]
+    zeros = torch.zeros(2, 20)
+    assert _topk_lse(zeros, 4, 1.0, path)[1].tolist() == [[0, 1, 2, 3]] * 2
+    torch.testing.assert_close(lse, torch.logsumexp(row, dim=-1), atol=0, rtol=2e-7)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_nan_is_reported_and_infinite_rows_keep_torchs_lse(path):
+    logits = torch.randn(3, 40)
+    logits[1, 17] = float("nan")
+    assert _topk_lse(logits, 5, 1.0, path)[3] == 1
+    infinite = torch.full((2, 12), -float("inf"))
+    infinite[1, 3] = float("inf")
+    assert _topk_lse(infinite, 3, 1.0, path)[2].tolist() == torch.logsumexp(infinite, dim=-1).tolist()
+
+
+def test_topk_lse_steps_aside_where_torch_should_run():
+    logits = torch.randn(4, 300)
+    assert native.topk_lse(logits, 50, 1.0) is not None or native.isa() != 2
+    nan = logits.clone()
+    nan[2, 0] = float("nan")
+    for case in (native.topk_lse(nan, 5, 1.0), native.topk_lse(logits.bfloat16(), 5, 1.0),
+                 native.topk_lse(logits, native.MAX_KEPT + 1, 1.0), native.topk_lse(logits[0], 5, 1.0)):
+        assert case is None
+    with native.disabled():
+        assert native.topk_lse(logits, 5, 1.0) is None
+
+
+def test_sample_tokens_draws_the_same_tokens_with_the_kernel():
+    if native.isa() != 2:
+        pytest.skip("the kernel samples only with AVX2")
+    gen = torch.Generator().manual_seed(3)
+    logits, seeds = torch.randn(16, 5000, generator=gen) * 3, torch.arange(16)
+    for sampling in (SamplingConfig(temperature=0.5, top_k=50), SamplingConfig(temperature=1.0, top_k=20, top_p=0.9),
+                     SamplingConfig(temperature=0.8, top_k=8, logprob_temperature=1.0)):
+        for step in range(5):
+            uniforms = row_uniforms(seeds, step)
+            want = sample_tokens(logits, sampling, uniforms)
+            got = sample_tokens(logits, sampling, uniforms, native.topk_lse)
+            for a, b in zip(got, want):
+                assert torch.equal(a, b) if a.dtype == torch.long else torch.allclose(a, b, atol=2e-6, rtol=0)
+
+
+def test_a_rows_uniforms_for_every_step_at_once_are_its_uniforms_step_by_step():
+    seeds = torch.tensor([0, 1, 2 ** 62 + 5, 2 ** 63 - 1, 12345678901234])
+    table = row_uniforms(seeds[:, None], torch.arange(40))
+    assert torch.equal(table, torch.stack([row_uniforms(seeds, step) for step in range(40)], dim=1))
+
+
+@pytest.mark.parametrize("engine", ["eager", "static"])
+def test_rollouts_with_the_kernel_equal_those_on_torchs_ops(engine, tokenizer, monkeypatch):
+    calls = []
+    kernel = native.topk_lse
+    monkeypatch.setattr(native, "topk_lse", lambda *a: calls.append(1) or kernel(*a))
+    model = with_random_lora(build_tiny_model("llama", len(tokenizer)))
+    ids, mask = left_pad([[5, 6, 7, 8, 9], [10, 11]], tokenizer.pad_token_id)
+    kw = dict(gate=None, matcher=None, eos_token_ids=[2], pad_token_id=tokenizer.pad_token_id,
+              row_seeds=torch.arange(2), mode="discrete", engine=engine)
+    sampling = SamplingConfig(max_new_tokens=12, temperature=0.7, top_k=50)
+    fast = generate(model, ids, mask, sampling, **kw)
+    assert len(calls) >= (12 if native.isa() == 2 else 0)  # one a step
+    monkeypatch.setattr(options.OPTIONS, "native_sampling", False)
+    calls.clear()
+    assert_same_rollout(fast, generate(model, ids, mask, sampling, **kw), atol=2e-6)
+    assert not calls
