@@ -165,6 +165,25 @@ INLINE float exp_approx(float x) {
     return p * two_n.f;
 }
 
+#ifdef HAVE_AVX2
+/* exp_approx on eight lanes */
+INLINE AVX2 __m256 exp_approx_avx2(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654f)), _mm256_set1_ps(88.72283f));
+    __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    __m256 r = _mm256_add_ps(_mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f))),
+                             _mm256_mul_ps(n, _mm256_set1_ps(2.12194440e-4f)));
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0f));
+    __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
+}
+#endif
+
 /* out (n,) = weight * (x / sqrt(mean(x^2) + eps)): transformers' RMSNorm in fp32 (out may be x) */
 INLINE void rms_norm(const float *x, const float *weight, float eps, int64_t n, float *out) {
     float squares = 0.0f;
@@ -186,7 +205,7 @@ INLINE void rope(float *x, const float *cos, const float *sin, int64_t dim) {
 
 /* scores (group, attend) = q K^T of one (row, KV head) -> softmax(scores * scale) over the slots where valid
  * (0 elsewhere), in place */
-INLINE void softmax_rows(float *scores, const uint8_t *valid, int64_t attend, int64_t group, float scale) {
+INLINE void softmax_rows_plain(float *scores, const uint8_t *valid, int64_t attend, int64_t group, float scale) {
     for (int64_t g = 0; g < group; g++) {
         float *row = scores + g * attend, top = -INFINITY, sum = 0.0f;
         for (int64_t n = 0; n < attend; n++) if (valid[n] && row[n] > top) top = row[n];
@@ -200,6 +219,63 @@ INLINE void softmax_rows(float *scores, const uint8_t *valid, int64_t attend, in
         for (int64_t n = 0; n < attend; n++) row[n] *= inverse;
     }
 }
+
+/* out (I,) = silu(gate) * up, SwiGLU */
+INLINE void swiglu_plain(const float *gate, const float *up, float *out, int64_t I) {
+    #pragma omp simd
+    for (int64_t i = 0; i < I; i++) out[i] = gate[i] / (1.0f + exp_approx(-gate[i])) * up[i];
+}
+
+#ifdef HAVE_AVX2
+/* softmax_rows_plain, eight slots at a time (the compilers leave the plain loop's exp scalar) */
+INLINE AVX2 void softmax_rows_avx2(float *scores, const uint8_t *valid, int64_t attend, int64_t group,
+                                   float scale) {
+    int64_t whole = attend / 8 * 8;
+    for (int64_t g = 0; g < group; g++) {
+        float *row = scores + g * attend, top = -INFINITY, sum = 0.0f;
+        __m256 tops = _mm256_set1_ps(-INFINITY), sums = _mm256_setzero_ps();
+        for (int64_t n = 0; n < whole; n += 8) {
+            __m256 in = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(valid + n))), _mm256_setzero_si256()));
+            tops = _mm256_max_ps(tops, _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), _mm256_loadu_ps(row + n), in));
+        }
+        float lanes[8];
+        _mm256_storeu_ps(lanes, tops);
+        for (int i = 0; i < 8; i++) top = lanes[i] > top ? lanes[i] : top;
+        for (int64_t n = whole; n < attend; n++) if (valid[n] && row[n] > top) top = row[n];
+        __m256 shift = _mm256_set1_ps(top), s = _mm256_set1_ps(scale);
+        for (int64_t n = 0; n < whole; n += 8) {
+            __m256 in = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(valid + n))), _mm256_setzero_si256()));
+            __m256 e = exp_approx_avx2(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(row + n), shift), s));
+            e = _mm256_and_ps(e, in);
+            _mm256_storeu_ps(row + n, e);
+            sums = _mm256_add_ps(sums, e);
+        }
+        _mm256_storeu_ps(lanes, sums);
+        for (int i = 0; i < 8; i++) sum += lanes[i];
+        for (int64_t n = whole; n < attend; n++) {
+            row[n] = valid[n] ? exp_approx((row[n] - top) * scale) : 0.0f;
+            sum += row[n];
+        }
+        __m256 inverse = _mm256_set1_ps(1.0f / sum);
+        for (int64_t n = 0; n < whole; n += 8)
+            _mm256_storeu_ps(row + n, _mm256_mul_ps(_mm256_loadu_ps(row + n), inverse));
+        for (int64_t n = whole; n < attend; n++) row[n] *= 1.0f / sum;
+    }
+}
+
+INLINE AVX2 void swiglu_avx2(const float *gate, const float *up, float *out, int64_t I) {
+    int64_t i = 0;
+    for (; i + 8 <= I; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i);
+        __m256 e = exp_approx_avx2(_mm256_sub_ps(_mm256_setzero_ps(), g));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)),
+                                                _mm256_loadu_ps(up + i)));
+    }
+    swiglu_plain(gate + i, up + i, out + i, I - i);
+}
+#endif
 
 /* out (group, D) = probs (group, attend; row stride `stride`) V (attend, D) */
 static void values_plain(const float *probs, int64_t stride, const float *values, int64_t attend, int64_t group,
@@ -260,6 +336,7 @@ AVX2 static void values_avx2(const float *probs, int64_t stride, const float *va
 #endif
 
 typedef void (*values_fn)(const float *, int64_t, const float *, int64_t, int64_t, int64_t, float *);
+typedef void (*softmax_fn)(float *, const uint8_t *, int64_t, int64_t, float);
 
 typedef struct {  /* one step's inputs and scratch, shared by the threads */
     const hrpo_layer *layers;
@@ -290,7 +367,7 @@ INLINE void key_scores(columns_fn columns, const float *keys, int64_t n, int64_t
  * values written at the slot, then attention, the prompt's slots read once (from row b0) for all R rows. work:
  * scratch of 2 R G (D + L) + G D floats. */
 INLINE void attend_group(const step_args *a, const hrpo_layer *w, columns_fn columns, values_fn weighted,
-                         int64_t b0, int64_t kh, float *work) {
+                         softmax_fn softmax, int64_t b0, int64_t kh, float *work) {
     const hrpo_dims *d = a->d;
     int64_t D = d->head_dim, nh = d->heads, nkv = d->kv_heads, G = nh / nkv, R = d->rows_per_prompt;
     int64_t A = a->attend, P = d->prompt_len < A ? d->prompt_len : A, RG = R * G;
@@ -316,7 +393,7 @@ INLINE void attend_group(const step_args *a, const hrpo_layer *w, columns_fn col
         key_scores(columns, head_cache(w, d, b0 + r, kh, 0) + P * D, A - P, D, queries + r * G * D, G, transposed);
         for (int64_t g = 0; g < G; g++)
             for (int64_t n = P; n < A; n++) scores[(r * G + g) * A + n] = transposed[(n - P) * G + g];
-        softmax_rows(scores + r * G * A, a->valid + (b0 + r) * a->valid_stride, A, G, d->scale);
+        softmax(scores + r * G * A, a->valid + (b0 + r) * a->valid_stride, A, G, d->scale);
     }
     weighted(scores, A, head_cache(w, d, b0, kh, 1), P, RG, D, shared);
     for (int64_t r = 0; r < R; r++) {
@@ -351,7 +428,8 @@ TARGET static void layers_##SUFFIX(const step_args *a, int64_t n_layers) {      
         linear_share(columns_##SUFFIX, a->h, B, H, w->qkv, w->qkv_bias, a->qkv, width);                           \
         _Pragma("omp barrier")                                                                                    \
         for (int64_t t = t0; t < t1; t++)                                                                         \
-            attend_group(a, w, columns_##SUFFIX, values_##SUFFIX, t / nkv * d->rows_per_prompt, t % nkv, scratch); \
+            attend_group(a, w, columns_##SUFFIX, values_##SUFFIX, softmax_rows_##SUFFIX, t / nkv * d->rows_per_prompt, \
+                         t % nkv, scratch);                                                                       \
         _Pragma("omp barrier")                                                                                    \
         linear_share(columns_##SUFFIX, a->attn, B, nh * D, w->o, w->o_bias, a->h, H);                              \
         _Pragma("omp barrier")                                                                                    \
@@ -364,12 +442,8 @@ TARGET static void layers_##SUFFIX(const step_args *a, int64_t n_layers) {      
         _Pragma("omp barrier")                                                                                    \
         linear_share(columns_##SUFFIX, a->h, B, H, w->gate_up, w->gate_up_bias, a->gate_up, 2 * I);               \
         _Pragma("omp barrier")                                                                                    \
-        for (int64_t r = r0; r < r1; r++) {  /* SwiGLU: silu(gate) * up */                                       \
-            const float *g = a->gate_up + r * 2 * I, *u = g + I;                                                  \
-            float *out = a->act + r * I;                                                                          \
-            _Pragma("omp simd")                                                                                   \
-            for (int64_t i = 0; i < I; i++) out[i] = g[i] / (1.0f + exp_approx(-g[i])) * u[i];                    \
-        }                                                                                                         \
+        for (int64_t r = r0; r < r1; r++)  /* SwiGLU: silu(gate) * up */                                        \
+            swiglu_##SUFFIX(a->gate_up + r * 2 * I, a->gate_up + r * 2 * I + I, a->act + r * I, I);                \
         _Pragma("omp barrier")                                                                                    \
         linear_share(columns_##SUFFIX, a->act, B, I, w->down, w->down_bias, a->delta, H);                         \
         _Pragma("omp barrier")                                                                                    \
@@ -461,23 +535,6 @@ AVX2 static int top_avx2(const float *row, int64_t V, int64_t k, float *values, 
     }
     for (; i < V; i++) nan |= scan_one(values, ids, &count, k, row[i], i);
     return nan;
-}
-
-/* exp_approx on eight lanes */
-INLINE AVX2 __m256 exp_approx_avx2(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654f)), _mm256_set1_ps(88.72283f));
-    __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-    __m256 r = _mm256_add_ps(_mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f))),
-                             _mm256_mul_ps(n, _mm256_set1_ps(2.12194440e-4f)));
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0f));
-    __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
 }
 
 /* sum_exp: fp32 sums over blocks of 512 logits (64 per lane), added up in double */
