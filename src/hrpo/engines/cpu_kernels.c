@@ -352,27 +352,22 @@ INLINE float *head_cache(const hrpo_layer *w, const hrpo_dims *d, int64_t b, int
     return w->kv + ((values * d->batch + b) * d->kv_heads + kh) * d->cache_len * d->head_dim;
 }
 
-/* scores^T (n, columns) of `n` keys against `columns` queries (columns, D), eight keys (one reduction tree) at a
- * time, with the keys AHEAD slots on prefetched */
+/* scores (count, n; row stride `stride`) of `count` queries (count, D) against `n` keys (n, D): the few-row product
+ * with the keys as the weight rows (streamed once per ROWS queries, prefetched ahead) */
 INLINE void key_scores(columns_fn columns, const float *keys, int64_t n, int64_t dim, const float *queries,
-                       int64_t count, float *transposed) {
-    for (int64_t n0 = 0; n0 < n; n0 += ROWS) {
-        for (int64_t j = 0; j < ROWS * dim; j += 16) __builtin_prefetch(keys + (n0 + AHEAD) * dim + j, 0, 3);
-        columns(keys + n0 * dim, n - n0 < ROWS ? n - n0 : ROWS, dim, queries, NULL, transposed + n0 * count, count,
-                0, count);
-    }
+                       int64_t count, float *scores, int64_t stride) {
+    columns(queries, count, dim, keys, NULL, scores, stride, 0, n);
 }
 
 /* The rows b0 .. b0 + R - 1 of one prompt at KV head kh: RoPE on their queries and keys, this step's keys and
  * values written at the slot, then attention, the prompt's slots read once (from row b0) for all R rows. work:
- * scratch of 2 R G (D + L) + G D floats. */
+ * scratch of R G (2 D + L) + G D floats. */
 INLINE void attend_group(const step_args *a, const hrpo_layer *w, columns_fn columns, values_fn weighted,
                          softmax_fn softmax, int64_t b0, int64_t kh, float *work) {
     const hrpo_dims *d = a->d;
     int64_t D = d->head_dim, nh = d->heads, nkv = d->kv_heads, G = nh / nkv, R = d->rows_per_prompt;
     int64_t A = a->attend, P = d->prompt_len < A ? d->prompt_len : A, RG = R * G;
-    float *queries = work, *scores = queries + RG * D, *transposed = scores + RG * A, *shared = transposed + RG * A;
-    float *own = shared + RG * D;
+    float *queries = work, *scores = queries + RG * D, *shared = scores + RG * A, *own = shared + RG * D;
     for (int64_t r = 0; r < R; r++) {
         float *row = a->qkv + (b0 + r) * (nh + 2 * nkv) * D, *q = row + kh * G * D, *k = row + (nh + kh) * D;
         const float *c = a->cos + (b0 + r) * D, *s = a->sin + (b0 + r) * D;
@@ -386,13 +381,10 @@ INLINE void attend_group(const step_args *a, const hrpo_layer *w, columns_fn col
         memcpy(head_cache(w, d, b0 + r, kh, 1) + a->slot * D, k + nkv * D, D * sizeof(float));
         memcpy(queries + r * G * D, q, G * D * sizeof(float));
     }
-    key_scores(columns, head_cache(w, d, b0, kh, 0), P, D, queries, RG, transposed);  /* the prompt's, once */
-    for (int64_t i = 0; i < RG; i++)
-        for (int64_t n = 0; n < P; n++) scores[i * A + n] = transposed[n * RG + i];
+    key_scores(columns, head_cache(w, d, b0, kh, 0), P, D, queries, RG, scores, A);  /* the prompt's, once */
     for (int64_t r = 0; r < R; r++) {  /* each row's own slots */
-        key_scores(columns, head_cache(w, d, b0 + r, kh, 0) + P * D, A - P, D, queries + r * G * D, G, transposed);
-        for (int64_t g = 0; g < G; g++)
-            for (int64_t n = P; n < A; n++) scores[(r * G + g) * A + n] = transposed[(n - P) * G + g];
+        key_scores(columns, head_cache(w, d, b0 + r, kh, 0) + P * D, A - P, D, queries + r * G * D, G,
+                   scores + r * G * A + P, A);
         softmax(scores + r * G * A, a->valid + (b0 + r) * a->valid_stride, A, G, d->scale);
     }
     weighted(scores, A, head_cache(w, d, b0, kh, 1), P, RG, D, shared);
@@ -411,7 +403,7 @@ TARGET static void layers_##SUFFIX(const step_args *a, int64_t n_layers) {      
     int64_t I = d->intermediate, width = (nh + 2 * nkv) * D, r0, r1, t0, t1;                                      \
     int part = omp_get_thread_num(), parts = omp_get_num_threads();                                               \
     int64_t RG = d->rows_per_prompt * (nh / nkv), groups = B / d->rows_per_prompt;                                \
-    float *scratch = a->scores + part * (2 * RG * (D + d->cache_len) + (nh / nkv) * D);                           \
+    float *scratch = a->scores + part * (RG * (2 * D + d->cache_len) + (nh / nkv) * D);                           \
     share(B, 1, part, parts, &r0, &r1);                                                                           \
     share(groups * nkv, 1, part, parts, &t0, &t1);                                                                \
     for (int64_t l = 0; l < n_layers; l++) {                                                                      \
@@ -458,7 +450,7 @@ LAYERS_FOR(plain, )
  * (B, H): left as the last layer's MLP output (their sum is the last hidden state, before the final norm).
  * cos/sin (B, D); valid (B, >= attend) with row stride valid_stride: the cache slots a row may attend to (slot
  * included); this step's keys and values are written at cache slot `slot`. work: scratch of at least
- * B * (H + (Hq + 2 Hkv) D + Hq D + 3 I) + threads * (2 R (Hq / Hkv) (D + L) + (Hq / Hkv) D) floats, R the
+ * B * (H + (Hq + 2 Hkv) D + Hq D + 3 I) + threads * (R (Hq / Hkv) (2 D + L) + (Hq / Hkv) D) floats, R the
  * rows per prompt. */
 void hrpo_decode_layers(const hrpo_layer *layers, int64_t n_layers, const hrpo_dims *d, float *x, float *delta,
                         const float *cos, const float *sin, const uint8_t *valid, int64_t valid_stride,

@@ -221,7 +221,7 @@ class DecodeLayers:
         self.dims = _Dims(batch, hidden, heads, kv_heads, dim, intermediate, cache_len, weights.eps,
                           weights.scaling, isa(), threads, rows_per_prompt, prompt_len)
         group = heads // kv_heads
-        per_thread = 2 * rows_per_prompt * group * (dim + cache_len) + group * dim
+        per_thread = rows_per_prompt * group * (2 * dim + cache_len) + group * dim
         self.work = torch.empty(batch * (hidden + (heads + 2 * kv_heads) * dim + heads * dim + 3 * intermediate)
                                 + threads * per_thread)
         self.x, self.delta = torch.empty(batch, 1, hidden), torch.empty(batch, 1, hidden)
