@@ -1,14 +1,16 @@
-"""hrpo's sampling kernel (hrpo_topk_lse in hrpo/engines/cpu_kernels.c, hrpo.engines.native.topk_lse): the k
-largest logits against torch.topk and a hand-ordered tie, the log-sum-exp against fp64, where it steps aside, and
-the engines' rollouts with it against the same rollouts on torch's ops."""
+"""hrpo's kernels for a decode step's small ops (hrpo/engines/cpu_kernels.c via hrpo.engines.native): sampling's
+top-k and log-sum-exp (the k largest logits against torch.topk and a hand-ordered tie, the log-sum-exp against
+fp64, where it steps aside), the hybrid step's latent and gate mix against hrpo.gate, and the engines' rollouts
+with them against the same rollouts on torch's ops."""
 
 import pytest
 import torch
 
 from conftest import assert_same_rollout, build_tiny_model, with_random_lora
-from hrpo import SamplingConfig, generate
+from hrpo import HybridGate, SamplingConfig, generate
 from hrpo.engines import native, options
-from hrpo.sampling import row_uniforms, sample_tokens
+from hrpo.gate import gated_mix, topk_latent_embeddings
+from hrpo.sampling import marker_matcher, row_uniforms, sample_tokens
 from hrpo.text import left_pad
 
 if native.library() is None:
@@ -107,4 +109,58 @@ def test_rollouts_with_the_kernel_equal_those_on_torchs_ops(engine, tokenizer, m
     monkeypatch.setattr(options.OPTIONS, "native_sampling", False)
     calls.clear()
     assert_same_rollout(fast, generate(model, ids, mask, sampling, **kw), atol=2e-6)
+    assert not calls
+
+
+def test_the_latent_kernel_equals_the_gathered_latent():
+    if native.isa() != 2:
+        pytest.skip("the hybrid kernels run only with AVX2")
+    gen = torch.Generator().manual_seed(5)
+    embedding = torch.randn(300, 37, generator=gen)
+    probs = torch.softmax(torch.randn(6, 9, generator=gen), dim=-1)
+    ids = torch.randint(0, 300, (6, 9), generator=gen)
+    with torch.no_grad():
+        got = native.topk_latent(probs, ids, embedding)
+        torch.testing.assert_close(got, topk_latent_embeddings(probs, embedding[ids]), atol=1e-6, rtol=1e-5)
+        assert native.topk_latent(probs.double(), ids, embedding.double()) is None
+    assert native.topk_latent(probs, ids, embedding) is None  # grad on: the step runs under no_grad only
+
+
+def test_the_mix_kernel_equals_the_gates_mix():
+    if native.isa() != 2:
+        pytest.skip("the hybrid kernels run only with AVX2")
+    gen = torch.Generator().manual_seed(6)
+    gate = HybridGate(37)
+    torch.nn.init.normal_(gate.Lambda, std=2.0, generator=gen)  # a wide range of decays, not just the initial one
+    e, latents = torch.randn(4, 1, 37, generator=gen), torch.randn(4, 1, 37, generator=gen)
+    logits = torch.randn(4, 1, 74, generator=gen) * 3
+    with torch.no_grad():
+        mixed, a = native.gated_mix(e, latents, logits, gate.c * torch.nn.functional.softplus(-gate.Lambda))
+        want_mixed, want_a = gated_mix(e, latents, *logits.chunk(2, dim=-1), gate.Lambda, gate.c, torch.float32)
+    torch.testing.assert_close(mixed, want_mixed, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(a, want_a, atol=1e-6, rtol=1e-5)
+
+
+def test_the_static_hybrid_step_runs_the_kernels_and_equals_the_aten_step(tokenizer, monkeypatch):
+    calls = []
+    for name in ("topk_latent", "gated_mix"):
+        kernel = getattr(native, name)
+        def counted(*args, kernel=kernel, name=name):
+            out = kernel(*args)
+            calls.extend([name] if out is not None else [])  # the calls that ran the kernel
+            return out
+        monkeypatch.setattr(native, name, counted)
+    model = with_random_lora(build_tiny_model("llama", len(tokenizer)))
+    ids, mask = left_pad([[5, 6, 7, 8, 9], [10, 11]], tokenizer.pad_token_id)
+    gate = HybridGate(model.config.hidden_size)
+    torch.nn.init.normal_(gate.Lambda, std=2.0)  # far from discrete, so that the mix matters
+    kw = dict(gate=gate, matcher=marker_matcher(tokenizer, "####"), eos_token_ids=[2],
+              pad_token_id=tokenizer.pad_token_id, row_seeds=torch.arange(2), mode="hybrid", engine="static")
+    sampling = SamplingConfig(max_new_tokens=12, temperature=0.7, top_k=50)
+    fast = generate(model, ids, mask, sampling, **kw)
+    assert fast.thinking_mask.any()
+    assert native.isa() != 2 or {"topk_latent", "gated_mix"} <= set(calls)
+    monkeypatch.setattr(options.OPTIONS, "native_hybrid", False)
+    calls.clear()
+    assert_same_rollout(fast, generate(model, ids, mask, sampling, **kw), atol=1e-5)
     assert not calls

@@ -1,6 +1,7 @@
 /* hrpo's CPU kernels for a decode step in fp32: the product of a few rows with a weight matrix,
  * y (M, N) = x (M, K) W (N, K)^T + bias (hrpo_linear), every decoder layer of one step in one call
- * (hrpo_decode_layers), and sampling's passes over the vocabulary: top-k and the log-sum-exp (hrpo_topk_lse).
+ * (hrpo_decode_layers), sampling's passes over the vocabulary: top-k and the log-sum-exp (hrpo_topk_lse), and the
+ * hybrid step's latent and gate mix (hrpo_topk_latent, hrpo_gated_mix).
  *
  * A decode step multiplies a handful of rows by every weight of the model once, so it is bound by how fast the
  * weights stream from memory. Each thread walks a contiguous range of W's rows (output columns); for each one it
@@ -582,4 +583,76 @@ int64_t hrpo_topk_lse(const float *logits, int64_t B, int64_t V, int64_t k, floa
         lse[b] = top + (float)log(sum);
     }
     return nans;
+}
+
+/* ---- The hybrid step's small ops (hrpo/gate.py): the latent of the kept distribution and the gated mix. ---- */
+
+/* out (B, H) = sum_j probs[b, j] E[ids[b, j]] / max(||probs[b]||_2, 1e-12): topk_latent_embeddings over the
+ * embedding rows E (V, H) */
+void hrpo_topk_latent(const float *probs, const int64_t *ids, int64_t B, int64_t k, const float *E, int64_t H,
+                      float *out, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t b = 0; b < B; b++) {
+        const float *p = probs + b * k;
+        float *o = out + b * H, squares = 0.0f;
+        for (int64_t i = 0; i < H; i++) o[i] = 0.0f;
+        for (int64_t j = 0; j < k; j++) {
+            const float *row = E + ids[b * k + j] * H, pj = p[j];
+            squares += pj * pj;
+            #pragma omp simd
+            for (int64_t i = 0; i < H; i++) o[i] += pj * row[i];
+        }
+        float norm = sqrtf(squares);
+        norm = norm > 1e-12f ? norm : 1e-12f;
+        #pragma omp simd
+        for (int64_t i = 0; i < H; i++) o[i] /= norm;
+    }
+}
+
+/* the mix of one element: a = e^(-decay sigmoid(r)), mixed = a e + sqrt(1 - a^2 + 1e-8) sigmoid(i) h */
+INLINE void mix_one(float e, float h, float r, float i, float decay, float *mixed, float *a) {
+    float sr = 1.0f / (1.0f + exp_approx(-r)), si = 1.0f / (1.0f + exp_approx(-i));
+    float keep = exp_approx(-decay * sr);
+    *a = keep;
+    *mixed = keep * e + sqrtf(1.0f - keep * keep + 1e-8f) * (si * h);
+}
+
+#ifdef HAVE_AVX2
+INLINE AVX2 __m256 sigmoid_avx2(__m256 x) {
+    __m256 one = _mm256_set1_ps(1.0f);
+    return _mm256_div_ps(one, _mm256_add_ps(one, exp_approx_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+
+/* mix_one on eight lanes at a time; returns how many elements it did (a multiple of 8) */
+AVX2 static int64_t mix_avx2(const float *e, const float *h, const float *r, const float *i, const float *decay,
+                             int64_t H, float *mixed, float *a) {
+    int64_t n = 0;
+    for (; n + 8 <= H; n += 8) {
+        __m256 sr = sigmoid_avx2(_mm256_loadu_ps(r + n)), si = sigmoid_avx2(_mm256_loadu_ps(i + n));
+        __m256 scaled = _mm256_mul_ps(_mm256_loadu_ps(decay + n), sr);
+        __m256 keep = exp_approx_avx2(_mm256_sub_ps(_mm256_setzero_ps(), scaled));
+        __m256 rest = _mm256_sqrt_ps(_mm256_add_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), _mm256_mul_ps(keep, keep)),
+                                                   _mm256_set1_ps(1e-8f)));
+        __m256 out = _mm256_add_ps(_mm256_mul_ps(keep, _mm256_loadu_ps(e + n)),
+                                   _mm256_mul_ps(rest, _mm256_mul_ps(si, _mm256_loadu_ps(h + n))));
+        _mm256_storeu_ps(a + n, keep);
+        _mm256_storeu_ps(mixed + n, out);
+    }
+    return n;
+}
+#endif
+
+/* the hybrid gate's mix (gated_mix) for e, h (B, H) and the gate's pre-activations logits (B, 2H) =
+ * [W_r e + b_r | W_i e + b_i], with decay (H,) = c softplus(-Lambda): mixed and a (B, H) */
+void hrpo_gated_mix(const float *e, const float *h, const float *logits, const float *decay, int64_t B, int64_t H,
+                    float *mixed, float *a, int isa) {
+    for (int64_t b = 0; b < B; b++) {
+        const float *eb = e + b * H, *hb = h + b * H, *r = logits + b * 2 * H, *i = r + H;
+        float *mb = mixed + b * H, *ab = a + b * H;
+        int64_t n = 0;
+#ifdef HAVE_AVX2
+        if (isa == 2) n = mix_avx2(eb, hb, r, i, decay, H, mb, ab);
+#endif
+        for (; n < H; n++) mix_one(eb[n], hb[n], r[n], i[n], decay[n], mb + n, ab + n);
+    }
 }

@@ -92,6 +92,10 @@ def library() -> ctypes.CDLL | None:
     lib.hrpo_topk_lse.argtypes = [pointer, size, size, size, ctypes.c_float, pointer, pointer, pointer, ctypes.c_int,
                                   ctypes.c_int]
     lib.hrpo_topk_lse.restype = size
+    lib.hrpo_topk_latent.argtypes = [pointer, pointer, size, size, pointer, size, pointer, ctypes.c_int]
+    lib.hrpo_topk_latent.restype = None
+    lib.hrpo_gated_mix.argtypes = [pointer, pointer, pointer, pointer, size, size, pointer, pointer, ctypes.c_int]
+    lib.hrpo_gated_mix.restype = None
     return lib
 
 
@@ -151,6 +155,44 @@ def sampling_passes(device: torch.device):
     traces the step (a foreign call would break its graph)."""
     usable = OPTIONS.native_sampling and device.type == "cpu" and not torch.compiler.is_compiling()
     return topk_lse if usable else None
+
+
+def _hybrid_ops(*tensors: torch.Tensor) -> bool:
+    """Whether :func:`topk_latent` and :func:`gated_mix` take these tensors (see their docstrings): contiguous
+    on a CPU, fp32 but for the ids (int64)."""
+    return (OPTIONS.native_hybrid and not _OFF[0] and not torch.compiler.is_compiling()
+            and not torch.is_grad_enabled() and isa() == 2
+            and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.long) and t.is_contiguous()
+                    for t in tensors)
+            and library() is not None)
+
+
+def topk_latent(kept_probs: torch.Tensor, kept_ids: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor | None:
+    """:func:`hrpo.gate.topk_latent_embeddings` of ``kept_probs`` (B, k) over the rows ``kept_ids`` (B, k) of
+    ``embedding`` (V, H) (the embedding layer's outputs, as in Llama-family models) in one call, without gathering
+    the (B, k, H) rows -> (B, H) fp32; None where it does not apply (:data:`OPTIONS` ``.native_hybrid`` off,
+    grad on, not fp32 on an AVX2 CPU, inside :func:`disabled` or torch.compile, no kernels)."""
+    floats = kept_probs.dtype == embedding.dtype == torch.float32
+    if kept_ids.dtype != torch.long or not floats or not _hybrid_ops(kept_probs, kept_ids, embedding):
+        return None
+    batch, k = kept_probs.shape
+    out = torch.empty(batch, embedding.shape[1])
+    library().hrpo_topk_latent(kept_probs.data_ptr(), kept_ids.data_ptr(), batch, k, embedding.data_ptr(),
+                               embedding.shape[1], out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+def gated_mix(e: torch.Tensor, latents: torch.Tensor, logits: torch.Tensor, decay: torch.Tensor):
+    """:func:`hrpo.gate.gated_mix` in one call for e, latents (..., H) fp32 and the gate's pre-activations
+    ``logits`` (..., 2H) (r then i), with ``decay`` (H,) = c softplus(-Lambda): (mixed, a), both (..., H) fp32;
+    None where :func:`topk_latent` would not apply."""
+    if any(t.dtype != torch.float32 for t in (e, latents, logits, decay)) or not _hybrid_ops(e, latents, logits, decay):
+        return None
+    hidden = e.shape[-1]
+    mixed, a = torch.empty_like(e), torch.empty_like(e)
+    library().hrpo_gated_mix(e.data_ptr(), latents.data_ptr(), logits.data_ptr(), decay.data_ptr(),
+                             e.numel() // hidden, hidden, mixed.data_ptr(), a.data_ptr(), isa())
+    return mixed, a
 
 
 class _Layer(ctypes.Structure):  # hrpo_layer of cpu_kernels.c

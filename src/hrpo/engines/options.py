@@ -31,6 +31,9 @@ class GraphOptions:
     # the engines' sampling on a CPU in fp32 with AVX2: top-k and the log-sum-exp over the vocabulary in one call of
     # hrpo's kernel (hrpo.engines.native.topk_lse) instead of torch.topk and torch.logsumexp (about 7x faster)
     native_sampling: bool = True
+    # the static engine's hybrid step on a CPU in fp32 with AVX2: the latent of the kept top-k and the gate's mix in
+    # hrpo's kernels (hrpo.engines.native.topk_latent, gated_mix) instead of about 15 aten ops
+    native_hybrid: bool = True
 
 
 OPTIONS = GraphOptions()

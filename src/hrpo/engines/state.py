@@ -135,7 +135,10 @@ def sample_into(state: DecodeState, spec: StepSpec, embed) -> tuple[torch.Tensor
             if state.action_values is not None:
                 state.action_values.index_copy_(1, column, drawn.action_values[:, None])
         else:
-            vectors = fed_back_vectors(spec.mode, kept_probs, kept_ids, embed, dense_embeds, state.hidden)
+            plain = spec.mode in ("hybrid", "latent") and not dense and type(embed) is torch.nn.Embedding
+            vectors = native.topk_latent(kept_probs, kept_ids, embed.weight) if plain else None
+            if vectors is None:
+                vectors = fed_back_vectors(spec.mode, kept_probs, kept_ids, embed, dense_embeds, state.hidden)
         state.latents.index_copy_(1, column, vectors[:, None].to(state.latents.dtype))
     else:
         thinking = torch.zeros_like(finished)

@@ -328,7 +328,12 @@ class ConcatenatedGate:
 
     def __call__(self, token_embeds: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         e = token_embeds.float()
-        r_logits, i_logits = linear(e, self.weight, self.bias).chunk(2, dim=-1)
+        logits = linear(e, self.weight, self.bias)
+        decay = self.gate.c * F.softplus(-self.gate.Lambda)
+        fused = native.gated_mix(e, latents, logits, decay) if token_embeds.dtype == torch.float32 else None
+        if fused is not None:
+            return fused
+        r_logits, i_logits = logits.chunk(2, dim=-1)
         return gated_mix(e, latents, r_logits, i_logits, self.gate.Lambda, self.gate.c, token_embeds.dtype)
 
 
