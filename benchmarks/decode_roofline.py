@@ -1,6 +1,6 @@
 """The static engine's CPU decode step against this machine's roofline, measured in the same invocation. JSON.
 
-    python benchmarks/decode_roofline.py [--modes discrete,hybrid] [--new-tokens 64] [--repeats 5]
+    python benchmarks/decode_roofline.py [--modes discrete,hybrid] [--new-tokens 64] [--repeats 7]
 
 The work is benchmarks/vs_trl.py's rollout: the embedded SmolLM2-135M-Instruct in fp32 with LoRA r32 on all seven
 projections, 2 arithmetic prompts x 4 completions in the chat template, temperature 0.5, top-k 50, no EOS (every
@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--group", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--json-line", action="store_true", help="print 'RESULT <json>' (for vs_trl.py)")
     args = parser.parse_args()
 
@@ -125,6 +125,7 @@ def main() -> None:
     report = {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
               "cpu_linear": options.OPTIONS.cpu_linear, "native_layers": options.OPTIONS.native_layers,
+              "native_sampling": options.OPTIONS.native_sampling, "native_hybrid": options.OPTIONS.native_hybrid,
               "work": {"rows": batch, "prompt_tokens": ids.shape[1], "new_tokens": args.new_tokens}, "step": cost}
     # the host's bandwidth moves with its neighbours' load (this shared 2-core machine: 38-69 GB/s within a
     # minute), so the machine is measured again before every measured pair and each pair has its own roofline

@@ -6,8 +6,9 @@
 
 ``roofline`` runs benchmarks/decode_roofline.py on the same rollout: the decode step against this machine's
 measured roofline. ``--only ...,discrete_onednn,hybrid_onednn`` (or ``_aten``) adds hrpo with the decode step on
-the aten layers and oneDNN's GEMMs (or F.linear): ``OPTIONS.native_layers = False`` and ``OPTIONS.cpu_linear``,
-what hrpo's own CPU kernels are worth, in the same invocation.
+the aten layers and oneDNN's GEMMs (or F.linear) and sampling, latent and gate on aten ops:
+``OPTIONS.native_layers``, ``.native_sampling`` and ``.native_hybrid`` False and ``OPTIONS.cpu_linear``, what hrpo's
+own CPU kernels are worth, in the same invocation.
 
 The work (the issue's): the embedded SmolLM2-135M-Instruct in fp32, LoRA r32 / alpha 64 on all seven projections,
 2 prompts x 4 completions of the arithmetic task in the model's chat template, every completion exactly
@@ -115,8 +116,9 @@ def run_hrpo(args, name: str) -> dict:
     from hrpo.trainer import setup, train_step
 
     mode, _, kernel = name.partition("_")
-    if kernel:  # the decode step on aten ops, its GEMMs on oneDNN or F.linear
+    if kernel:  # the decode step on aten ops, its GEMMs on oneDNN or F.linear: no hrpo kernel anywhere
         OPTIONS.native_layers, OPTIONS.cpu_linear = False, kernel
+        OPTIONS.native_sampling = OPTIONS.native_hybrid = False
 
     with tempfile.TemporaryDirectory() as out:
         cfg = build_config(cli_values={
@@ -134,6 +136,7 @@ def run_hrpo(args, name: str) -> dict:
                           "reference_s": row["timing/reference_s"], "policy_s": row["timing/policy_s"]})
             assert row["completions/mean_length"] == args.new_tokens, row["completions/mean_length"]
     return {"version": version("hrpo"), "cpu_linear": OPTIONS.cpu_linear, "native_layers": OPTIONS.native_layers,
+            "native_sampling": OPTIONS.native_sampling, "native_hybrid": OPTIONS.native_hybrid,
             **_medians(steps), "steps": steps}
 
 
