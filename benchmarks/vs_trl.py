@@ -181,8 +181,10 @@ def main() -> None:
         report["ratios"] = {f"trl_over_{m}_{phase}": report["trl"][f"{phase}_s"] / report[m][f"{phase}_s"]
                             for m in TRAINERS[1:] if m in report for phase in ("step", "rollout", "rest")}
     if "roofline" in report:
-        report.setdefault("ratios", {}).update({f"decode_step_over_roofline_{m}": report["roofline"][m]["ratio"]
-                                                for m in ("discrete", "hybrid")})
+        for m in ("discrete", "hybrid"):
+            report.setdefault("ratios", {}).update({f"decode_step_over_roofline_{m}": report["roofline"][m]["ratio"],
+                                                    f"decode_step_over_roofline_{m}_best":
+                                                        report["roofline"][m]["best"]["ratio"]})
     if "discrete" in report and "hybrid" in report:
         report.setdefault("ratios", {})["hybrid_rollout_cost_over_discrete"] = (
             report["hybrid"]["rollout_s"] / report["discrete"]["rollout_s"] - 1.0)
