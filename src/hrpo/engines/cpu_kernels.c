@@ -21,7 +21,7 @@
 #define ROWS 8          /* rows of x per pass over a weight row */
 #define PREFETCH 2048   /* floats (8 KB) ahead in W */
 #define COLUMNS 16      /* a thread's share of N is a multiple of this */
-#define AHEAD 16        /* keys and values prefetched this many cache slots ahead */
+#define AHEAD 16        /* values prefetched this many cache slots ahead (keys: the product's own PREFETCH) */
 
 #define INLINE static inline __attribute__((always_inline))
 #define AVX2 __attribute__((target("avx2,fma")))

@@ -157,13 +157,14 @@ def sampling_passes(device: torch.device):
     return topk_lse if usable else None
 
 
-def _hybrid_ops(*tensors: torch.Tensor) -> bool:
-    """Whether :func:`topk_latent` and :func:`gated_mix` take these tensors (see their docstrings): contiguous
-    on a CPU, fp32 but for the ids (int64)."""
+def _hybrid_ops(floats: tuple[torch.Tensor, ...], ids: tuple[torch.Tensor, ...] = ()) -> bool:
+    """Whether :func:`topk_latent` and :func:`gated_mix` run: asked for (:data:`OPTIONS` ``.native_hybrid``), no
+    grad, AVX2, outside :func:`disabled` and torch.compile, ``floats`` fp32 and ``ids`` int64, all contiguous on a
+    CPU, and the kernels built."""
+    def plain(tensors, dtype):
+        return all(t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous() for t in tensors)
     return (OPTIONS.native_hybrid and not _OFF[0] and not torch.compiler.is_compiling()
-            and not torch.is_grad_enabled() and isa() == 2
-            and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.long) and t.is_contiguous()
-                    for t in tensors)
+            and not torch.is_grad_enabled() and isa() == 2 and plain(floats, torch.float32) and plain(ids, torch.long)
             and library() is not None)
 
 
@@ -172,8 +173,7 @@ def topk_latent(kept_probs: torch.Tensor, kept_ids: torch.Tensor, embedding: tor
     ``embedding`` (V, H) (the embedding layer's outputs, as in Llama-family models) in one call, without gathering
     the (B, k, H) rows -> (B, H) fp32; None where it does not apply (:data:`OPTIONS` ``.native_hybrid`` off,
     grad on, not fp32 on an AVX2 CPU, inside :func:`disabled` or torch.compile, no kernels)."""
-    floats = kept_probs.dtype == embedding.dtype == torch.float32
-    if kept_ids.dtype != torch.long or not floats or not _hybrid_ops(kept_probs, kept_ids, embedding):
+    if not _hybrid_ops((kept_probs, embedding), (kept_ids,)):
         return None
     batch, k = kept_probs.shape
     out = torch.empty(batch, embedding.shape[1])
@@ -182,12 +182,13 @@ def topk_latent(kept_probs: torch.Tensor, kept_ids: torch.Tensor, embedding: tor
     return out
 
 
-def gated_mix(e: torch.Tensor, latents: torch.Tensor, logits: torch.Tensor, decay: torch.Tensor):
+def gated_mix(e: torch.Tensor, latents: torch.Tensor, logits: torch.Tensor, Lambda: torch.Tensor, c: float):
     """:func:`hrpo.gate.gated_mix` in one call for e, latents (..., H) fp32 and the gate's pre-activations
-    ``logits`` (..., 2H) (r then i), with ``decay`` (H,) = c softplus(-Lambda): (mixed, a), both (..., H) fp32;
-    None where :func:`topk_latent` would not apply."""
-    if any(t.dtype != torch.float32 for t in (e, latents, logits, decay)) or not _hybrid_ops(e, latents, logits, decay):
+    ``logits`` (..., 2H) (r then i), with the gate's ``Lambda`` (H,) and ``c``: (mixed, a), both (..., H) fp32;
+    None where it does not apply (as for :func:`topk_latent`)."""
+    if not _hybrid_ops((e, latents, logits, Lambda)):
         return None
+    decay = c * torch.nn.functional.softplus(-Lambda)  # (H,): a = e^(-decay r)
     hidden = e.shape[-1]
     mixed, a = torch.empty_like(e), torch.empty_like(e)
     library().hrpo_gated_mix(e.data_ptr(), latents.data_ptr(), logits.data_ptr(), decay.data_ptr(),

@@ -136,7 +136,7 @@ def sample_into(state: DecodeState, spec: StepSpec, embed) -> tuple[torch.Tensor
                 state.action_values.index_copy_(1, column, drawn.action_values[:, None])
         else:
             plain = (spec.mode in ("hybrid", "latent") and not dense and type(embed) is torch.nn.Embedding
-                     and state.logits.device.type == "cpu" and vocab <= embed.weight.shape[0])
+                     and vocab <= embed.weight.shape[0])
             vectors = native.topk_latent(kept_probs, kept_ids, embed.weight) if plain else None
             if vectors is None:
                 vectors = fed_back_vectors(spec.mode, kept_probs, kept_ids, embed, dense_embeds, state.hidden)

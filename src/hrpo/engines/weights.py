@@ -329,10 +329,11 @@ class ConcatenatedGate:
     def __call__(self, token_embeds: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         e = token_embeds.float()
         logits = linear(e, self.weight, self.bias)
-        if token_embeds.dtype == torch.float32 and e.device.type == "cpu":  # hrpo's kernel where it applies
-            fused = native.gated_mix(e, latents, logits, self.gate.c * F.softplus(-self.gate.Lambda))
-            if fused is not None:
-                return fused
+        # hrpo's kernel where it applies; it returns fp32, the mix's dtype only for fp32 token embeddings
+        fp32 = token_embeds.dtype == torch.float32
+        fused = native.gated_mix(e, latents, logits, self.gate.Lambda, self.gate.c) if fp32 else None
+        if fused is not None:
+            return fused
         r_logits, i_logits = logits.chunk(2, dim=-1)
         return gated_mix(e, latents, r_logits, i_logits, self.gate.Lambda, self.gate.c, token_embeds.dtype)
 
