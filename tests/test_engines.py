@@ -233,6 +233,28 @@ def test_static_engine_applies_a_lora_bias(tokenizer):
                  _run(model, tokenizer, "hybrid", sampling, [2], "static"))
 
 
+def test_a_rollouts_rope_filled_once_equals_the_rotary_module_step_by_step(tokenizer):
+    """fill_rope's table at step t is what the model's rotary module gives for the positions after the prefill
+    plus t; a RoPE whose frequencies follow the positions asked for is computed step by step instead."""
+    from hrpo.engines.layers import model_modules
+    from hrpo.engines.state import allocate_state, fill_rope
+    from hrpo.engines.static import rope_is_static
+    from hrpo.engines.weights import decode_weights
+
+    model = build_tiny_model("llama", len(tokenizer))
+    weights, modules = decode_weights(model), model_modules(model)
+    state = allocate_state(weights, 3, 16, 7, model.config.hidden_size, len(tokenizer), False, torch.float32,
+                           torch.device("cpu"), rope_table=True)
+    state.positions.copy_(torch.tensor([[4], [9], [1]]))
+    fill_rope(state, modules.rotary)
+    for t in range(7):
+        cos, sin = modules.rotary(state.rope_cos[:, :1], state.positions + t)
+        assert torch.equal(state.rope_cos[:, t:t + 1], cos) and torch.equal(state.rope_sin[:, t:t + 1], sin)
+    assert rope_is_static(modules.rotary)
+    modules.rotary.rope_type = "dynamic"
+    assert not rope_is_static(modules.rotary)
+
+
 def test_row_uniforms_are_a_pure_function_of_seed_and_step():
     seeds = torch.arange(20000, dtype=torch.long) * 7919 + (1 << 40)
     u = row_uniforms(seeds, 3)

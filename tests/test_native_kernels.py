@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import assert_same_rollout, build_tiny_model, tiny_config, with_random_lora
 from hrpo import SamplingConfig, generate
 from hrpo.engines import native, options, static, weights as weights_module
-from hrpo.engines.layers import decoder_layers, model_modules
+from hrpo.engines.layers import decoder_layers, last_logits, model_modules
 from hrpo.engines.state import allocate_state, prefill
 from hrpo.engines.weights import decode_weights
 from hrpo.text import left_pad
@@ -91,7 +91,12 @@ def test_decode_layers_equal_the_aten_layers(arch, group, path, tokenizer, monke
         prefill(state, ids, mask, group, weights, modules)
         assert native.layers_unsupported(weights, state.kv, state.valid, modules.act, batch) is None
         aten_kv = [cache.clone() for cache in state.kv]
-        layers = native.DecodeLayers(weights, state.kv, state.valid, batch, group, ids.shape[1])
+        logits, normed = torch.empty(batch, len(tokenizer)), torch.empty(batch, hidden)
+        layers = native.DecodeLayers(weights, state.kv, state.valid, batch, group, ids.shape[1], logits=logits,
+                                     hidden=normed)
+        with pytest.raises(ValueError, match="logits must be"):
+            native.DecodeLayers(weights, state.kv, state.valid, batch, group, ids.shape[1], logits=logits[:, 1:],
+                                hidden=normed)
         gen = torch.Generator().manual_seed(1)
         for t in range(new):
             slot = ids.shape[1] + t
@@ -103,6 +108,9 @@ def test_decode_layers_equal_the_aten_layers(arch, group, path, tokenizer, monke
                                                 state.valid[:, None, None, :slot + 1], weights, aten_kv, modules.act)
             x, delta = layers(inputs, cos, sin, slot, slot + 1)
             torch.testing.assert_close(x + delta, want_x + want_delta, atol=1e-5, rtol=1e-5)
+            want_logits, want_hidden = last_logits(want_x, want_delta, weights)
+            torch.testing.assert_close(normed, want_hidden, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(logits, want_logits, atol=1e-5, rtol=1e-5)
         for got, want in zip(state.kv, aten_kv):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 

@@ -1,6 +1,6 @@
 /* hrpo's CPU kernels for a decode step in fp32: the product of a few rows with a weight matrix,
- * y (M, N) = x (M, K) W (N, K)^T + bias (hrpo_linear), every decoder layer of one step in one call
- * (hrpo_decode_layers), sampling's passes over the vocabulary: top-k and the log-sum-exp (hrpo_topk_lse), and the
+ * y (M, N) = x (M, K) W (N, K)^T + bias (hrpo_linear), every decoder layer of one step and then its logits in one
+ * call (hrpo_decode_layers), sampling's passes over the vocabulary: top-k and the log-sum-exp (hrpo_topk_lse), and the
  * hybrid step's latent and gate mix (hrpo_topk_latent, hrpo_gated_mix).
  *
  * A decode step multiplies a handful of rows by every weight of the model once, so it is bound by how fast the
@@ -148,6 +148,13 @@ typedef struct {
      * one prompt, whose prefill was copied to each): their queries attend over the first row's copy together */
     int64_t rows_per_prompt, prompt_len;
 } hrpo_dims;
+
+typedef struct {  /* the step's last part, after the layers: hidden (B, H) = final_norm(x + delta) and logits (B, V)
+                   * = hidden lm_head^T, what hrpo/engines/layers.py's last_logits computes */
+    const float *final_norm, *lm_head;
+    float *hidden, *logits;
+    int64_t vocab;
+} hrpo_head;
 
 /* e^x to about 2 ulp (Cephes' polynomial in plain arithmetic, so that a simd loop vectorises it); x is clamped
  * to [-87.3, 88.7] */
@@ -342,6 +349,7 @@ typedef void (*softmax_fn)(float *, const uint8_t *, int64_t, int64_t, float);
 typedef struct {  /* one step's inputs and scratch, shared by the threads */
     const hrpo_layer *layers;
     const hrpo_dims *d;
+    const hrpo_head *head;  /* NULL: the step ends after the layers */
     float *x, *delta, *h, *qkv, *attn, *gate_up, *act, *scores;
     const float *cos, *sin;
     const uint8_t *valid;
@@ -441,6 +449,17 @@ TARGET static void layers_##SUFFIX(const step_args *a, int64_t n_layers) {      
         linear_share(columns_##SUFFIX, a->act, B, I, w->down, w->down_bias, a->delta, H);                         \
         _Pragma("omp barrier")                                                                                    \
     }                                                                                                             \
+    if (a->head) {  /* the last hidden state (the last residual add, then the final norm) and the logits */       \
+        const hrpo_head *o = a->head;                                                                             \
+        for (int64_t r = r0; r < r1; r++) {                                                                       \
+            float *sum = a->h + r * H;                                                                            \
+            _Pragma("omp simd")                                                                                   \
+            for (int64_t i = 0; i < H; i++) sum[i] = a->x[r * H + i] + a->delta[r * H + i];                       \
+            rms_norm(sum, o->final_norm, d->eps, H, o->hidden + r * H);                                           \
+        }                                                                                                         \
+        _Pragma("omp barrier")                                                                                    \
+        linear_share(columns_##SUFFIX, o->hidden, B, H, o->lm_head, NULL, o->logits, o->vocab);                   \
+    }                                                                                                             \
 }
 #ifdef HAVE_AVX2
 LAYERS_FOR(avx2, AVX2)
@@ -452,12 +471,12 @@ LAYERS_FOR(plain, )
  * cos/sin (B, D); valid (B, >= attend) with row stride valid_stride: the cache slots a row may attend to (slot
  * included); this step's keys and values are written at cache slot `slot`. work: scratch of at least
  * B * (H + (Hq + 2 Hkv) D + Hq D + 3 I) + threads * (R (Hq / Hkv) (2 D + L) + (Hq / Hkv) D) floats, R the
- * rows per prompt. */
+ * rows per prompt. head: NULL, or where the step's last hidden state and logits go (see hrpo_head). */
 void hrpo_decode_layers(const hrpo_layer *layers, int64_t n_layers, const hrpo_dims *d, float *x, float *delta,
                         const float *cos, const float *sin, const uint8_t *valid, int64_t valid_stride,
-                        int64_t slot, int64_t attend, float *work) {
+                        int64_t slot, int64_t attend, float *work, const hrpo_head *head) {
     int64_t B = d->batch, H = d->hidden, D = d->head_dim, nh = d->heads, nkv = d->kv_heads, I = d->intermediate;
-    step_args a = {.layers = layers, .d = d, .x = x, .delta = delta, .cos = cos, .sin = sin, .valid = valid,
+    step_args a = {.layers = layers, .d = d, .head = head, .x = x, .delta = delta, .cos = cos, .sin = sin, .valid = valid,
                    .valid_stride = valid_stride, .slot = slot, .attend = attend};
     a.h = work;
     a.qkv = a.h + B * H;

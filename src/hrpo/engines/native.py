@@ -87,7 +87,7 @@ def library() -> ctypes.CDLL | None:
     lib.hrpo_linear.argtypes = [pointer, size, size, pointer, pointer, pointer, size, ctypes.c_int, ctypes.c_int]
     lib.hrpo_linear.restype = None
     lib.hrpo_decode_layers.argtypes = [pointer, size, pointer, pointer, pointer, pointer, pointer, pointer, size,
-                                       size, size, pointer]
+                                       size, size, pointer, pointer]
     lib.hrpo_decode_layers.restype = None
     lib.hrpo_topk_lse.argtypes = [pointer, size, size, size, ctypes.c_float, pointer, pointer, pointer, ctypes.c_int,
                                   ctypes.c_int]
@@ -209,6 +209,11 @@ class _Dims(ctypes.Structure):  # hrpo_dims of cpu_kernels.c
         ("rows_per_prompt", ctypes.c_int64), ("prompt_len", ctypes.c_int64)]
 
 
+class _Head(ctypes.Structure):  # hrpo_head of cpu_kernels.c
+    _fields_ = [(name, ctypes.c_void_p) for name in ("final_norm", "lm_head", "hidden", "logits")] + [
+        ("vocab", ctypes.c_int64)]
+
+
 def _is_silu(act) -> bool:
     probe = torch.linspace(-4, 4, 9)
     with torch.no_grad():
@@ -223,6 +228,7 @@ def layers_unsupported(weights, kv: list[torch.Tensor], valid: torch.Tensor, act
     if not 0 < batch <= MAX_ROWS:
         return f"{batch} rows"
     tensors = [t for w in weights.tensors for t in w.values() if t is not None] + list(kv)
+    tensors += [weights.final_norm, weights.lm_head]
     if any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
         return "not contiguous fp32 CPU tensors"
     if any(w[f"{name}_lora_b"] is not None for w in weights.tensors for name in ("qkv", "o", "gate_up", "down")):
@@ -244,41 +250,56 @@ class DecodeLayers:
 
     ``rows_per_prompt`` R, ``prompt_len`` P: the rows come in runs of R that share one prompt, whose keys and
     values fill cache slots [0, P) of each row alike (the engine's shared-prompt prefill); attention then reads
-    those slots once per run instead of once per row (R = 1: no sharing)."""
+    those slots once per run instead of once per row (R = 1: no sharing).
+
+    ``logits`` (B, V), ``hidden`` (B, H): contiguous fp32 tensors the call also writes the step's logits and last
+    normed hidden state into (what :func:`hrpo.engines.layers.last_logits` computes), in the same parallel region
+    as the layers; None: the call ends after the layers (``writes_logits`` is False)."""
 
     def __init__(self, weights, kv: list[torch.Tensor], valid: torch.Tensor, batch: int, rows_per_prompt: int = 1,
-                 prompt_len: int = 0):
+                 prompt_len: int = 0, logits: torch.Tensor | None = None, hidden: torch.Tensor | None = None):
         if batch % rows_per_prompt:
             raise ValueError(f"{batch} rows do not come in runs of {rows_per_prompt}")
-        self.keep = (weights, kv, valid)
+        self.keep = (weights, kv, valid, logits, hidden)
         pointer = lambda t: None if t is None else t.data_ptr()  # noqa: E731
         self.layers = (_Layer * len(kv))(*[_Layer(
             pointer(w["input_norm"]), pointer(w["post_norm"]), pointer(w["q_norm"]), pointer(w["k_norm"]),
             pointer(w["qkv"]), pointer(w["qkv_bias"]), pointer(w["o"]), pointer(w["o_bias"]), pointer(w["gate_up"]),
             pointer(w["gate_up_bias"]), pointer(w["down"]), pointer(w["down_bias"]), cache.data_ptr())
             for w, cache in zip(weights.tensors, kv)])
-        hidden, cache_len = weights.tensors[0]["o"].shape[0], kv[0].shape[3]
+        width, cache_len = weights.tensors[0]["o"].shape[0], kv[0].shape[3]
         intermediate = weights.tensors[0]["down"].shape[1]
         threads = torch.get_num_threads()
         heads, kv_heads, dim = weights.num_heads, weights.num_kv_heads, weights.head_dim
-        self.dims = _Dims(batch, hidden, heads, kv_heads, dim, intermediate, cache_len, weights.eps,
+        self.dims = _Dims(batch, width, heads, kv_heads, dim, intermediate, cache_len, weights.eps,
                           weights.scaling, isa(), threads, rows_per_prompt, prompt_len)
         group = heads // kv_heads
         per_thread = rows_per_prompt * group * (2 * dim + cache_len) + group * dim
-        self.work = torch.empty(batch * (hidden + (heads + 2 * kv_heads) * dim + heads * dim + 3 * intermediate)
+        self.work = torch.empty(batch * (width + (heads + 2 * kv_heads) * dim + heads * dim + 3 * intermediate)
                                 + threads * per_thread)
-        self.x, self.delta = torch.empty(batch, 1, hidden), torch.empty(batch, 1, hidden)
+        self.x, self.delta = torch.empty(batch, 1, width), torch.empty(batch, 1, width)
         self.valid = valid
+        self.writes_logits = logits is not None
+        self.head = None
+        if self.writes_logits:
+            vocab = weights.lm_head.shape[0]
+            for name, t, shape in (("logits", logits, (batch, vocab)), ("hidden", hidden, (batch, width))):
+                if t is None or tuple(t.shape) != shape or t.dtype != torch.float32 or not t.is_contiguous():
+                    raise ValueError(f"{name} must be a contiguous fp32 tensor of shape {shape}")
+            self.head = _Head(weights.final_norm.data_ptr(), weights.lm_head.data_ptr(), hidden.data_ptr(),
+                              logits.data_ptr(), vocab)
         self.pointers = (ctypes.cast(self.layers, ctypes.c_void_p),
-                         ctypes.cast(ctypes.pointer(self.dims), ctypes.c_void_p))
+                         ctypes.cast(ctypes.pointer(self.dims), ctypes.c_void_p),
+                         None if self.head is None else ctypes.cast(ctypes.pointer(self.head), ctypes.c_void_p))
 
     def __call__(self, inputs: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: int, attend: int):
         """inputs (B, 1, H) at cache slot ``slot`` with RoPE cos/sin (B, 1, D), attending over the first ``attend``
-        slots where valid -> (residual stream, last MLP output), both (B, 1, H), as decoder_layers returns."""
+        slots where valid -> (residual stream, last MLP output), both (B, 1, H), as decoder_layers returns (and the
+        logits and hidden state, where ``writes_logits``)."""
         self.x.copy_(inputs)
         cos, sin = cos.float().contiguous(), sin.float().contiguous()
-        layers, dims = self.pointers
+        layers, dims, head = self.pointers
         library().hrpo_decode_layers(layers, len(self.layers), dims, self.x.data_ptr(),
                                      self.delta.data_ptr(), cos.data_ptr(), sin.data_ptr(), self.valid.data_ptr(),
-                                     self.valid.stride(0), slot, attend, self.work.data_ptr())
+                                     self.valid.stride(0), slot, attend, self.work.data_ptr(), head)
         return self.x, self.delta

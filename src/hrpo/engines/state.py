@@ -43,11 +43,15 @@ class DecodeState:
     low_run: torch.Tensor | None = None  # (B,) long: soft mode's consecutive low-entropy steps (cold stop)
     action_ids: torch.Tensor | None = None  # (B, N, n): a family mode's draws per step (hrpo.latent)
     action_values: torch.Tensor | None = None  # (B, N, n) fp32: their Gumbel-perturbed scores
+    rope_cos: torch.Tensor | None = None  # (B, N, D): RoPE of every step's input, filled once (fill_rope)
+    rope_sin: torch.Tensor | None = None
 
 
 def allocate_state(weights: DecodeWeights, batch: int, cache_len: int, max_new: int, hidden_size: int,
                    vocab: int, latents: bool, dtype, device, action_width: int = 0,
-                   action_values: bool = False) -> DecodeState:
+                   action_values: bool = False, rope_table: bool = False) -> DecodeState:
+    """The buffers of a rollout of ``batch`` rows, ``max_new`` steps, ``cache_len`` cache slots. ``rope_table``:
+    hold every step's RoPE (:func:`fill_rope`) instead of computing it each step."""
     kv = (2, batch, weights.num_kv_heads, cache_len, weights.head_dim)
     zeros = lambda *shape, **kw: torch.zeros(*shape, device=device, **kw)  # noqa: E731
     return DecodeState(
@@ -71,6 +75,8 @@ def allocate_state(weights: DecodeWeights, batch: int, cache_len: int, max_new: 
         low_run=zeros(batch, dtype=torch.long),
         action_ids=zeros(batch, max_new, action_width, dtype=torch.long) if action_width else None,
         action_values=zeros(batch, max_new, action_width) if action_width and action_values else None,
+        rope_cos=zeros(batch, max_new, weights.head_dim, dtype=dtype) if rope_table else None,
+        rope_sin=zeros(batch, max_new, weights.head_dim, dtype=dtype) if rope_table else None,
     )
 
 
@@ -167,8 +173,21 @@ def step_inputs(state: DecodeState, spec: StepSpec, modules: Modules):
     inputs = next_inputs(state, spec, modules.embed)
     slot = (state.prompt_len + state.step).view(1)
     state.valid.index_fill_(1, slot, True)
+    if state.rope_cos is not None:
+        column = state.step.view(1)
+        return inputs, slot, state.rope_cos.index_select(1, column), state.rope_sin.index_select(1, column)
     cos, sin = modules.rotary(inputs, state.positions)
     return inputs, slot, cos, sin
+
+
+def fill_rope(state: DecodeState, rotary) -> None:
+    """Every step's RoPE cos/sin at once, for the positions after the prefill (step t's input sits at
+    ``state.positions`` + t): the same values the rotary module gives step by step (one product, cos and sin a
+    position)."""
+    steps = torch.arange(state.rope_cos.shape[1], device=state.positions.device)
+    cos, sin = rotary(state.rope_cos, state.positions + steps)
+    state.rope_cos.copy_(cos)
+    state.rope_sin.copy_(sin)
 
 
 def step_outputs(state: DecodeState, x, delta, weights: DecodeWeights) -> None:
@@ -177,6 +196,11 @@ def step_outputs(state: DecodeState, x, delta, weights: DecodeWeights) -> None:
     if logits is not state.logits:
         state.logits.copy_(logits)
     state.hidden.copy_(hidden)
+    advance(state)
+
+
+def advance(state: DecodeState) -> None:
+    """t + 1 (and the next input's position)."""
     state.positions.add_(1)
     state.step.add_(1)
 
@@ -187,10 +211,14 @@ def decode_step(state: DecodeState, spec: StepSpec, weights: DecodeWeights, modu
     attending over the first ``attend`` cache slots (default all; must cover slot P + t). ``layer_fn``,
     ``start`` and ``finish`` may be compiled versions of :func:`decoder_layer`, :func:`step_inputs` and
     :func:`step_outputs`. ``layers``: a :class:`hrpo.engines.native.DecodeLayers` on ``state`` instead of
-    :func:`decoder_layers` (needs ``attend``)."""
+    :func:`decoder_layers` (needs ``attend``); where it ``writes_logits`` (into ``state``), ``finish`` is not
+    called."""
     inputs, slot, cos, sin = start(state, spec, modules)
     if layers is not None:
         x, delta = layers(inputs, cos, sin, int(slot), attend)
+        if layers.writes_logits:
+            advance(state)
+            return
     else:
         x, delta = decoder_layers(inputs, cos, sin, slot, state.valid[:, None, None, :attend], weights, state.kv,
                                   modules.act, layer_fn)

@@ -19,8 +19,8 @@ from . import native
 from .graph import CHECK_LAG, SYNC_EVERY, captured_engine
 from .layers import decoder_layer, model_modules
 from .options import OPTIONS
-from .state import (StepSpec, action_shape, allocate_state, collect_rollout, decode_step, prefill, reset_outputs,
-                    run_steps)
+from .state import (StepSpec, action_shape, allocate_state, collect_rollout, decode_step, fill_rope, prefill,
+                    reset_outputs, run_steps)
 from .weights import decode_weights, step_gate, weights_signature
 
 CACHE_BUCKET = 128  # cache lengths are rounded up to a multiple of this, so one graph serves many prompt lengths
@@ -32,17 +32,25 @@ def merge_lora_here(model) -> bool:
                                              for _, dtype, device, _, _ in weights_signature(model))
 
 
+def rope_is_static(rotary) -> bool:
+    """Whether the rotary module's frequencies never depend on the positions asked for (transformers' "dynamic" and
+    "longrope" recompute them from the largest), so a rollout's RoPE can be computed once (:func:`fill_rope`)."""
+    return getattr(rotary, "rope_type", None) not in ("dynamic", "longrope")
+
+
 def native_layers(weights, state, modules, batch: int, group: int = 1,
                   prompt_len: int = 0) -> native.DecodeLayers | None:
     """The decode step's layers as one call of hrpo's CPU kernel where :data:`OPTIONS` ``.native_layers`` asks
     (and ``.attention`` is "auto": an explicit attention keeps the aten layers) and the step qualifies
     (:func:`hrpo.engines.native.layers_unsupported`), else None (the aten ops). ``group``, ``prompt_len``: rows
-    in runs of ``group`` share their prompt's ``prompt_len`` cache slots (see :class:`native.DecodeLayers`)."""
+    in runs of ``group`` share their prompt's ``prompt_len`` cache slots (see :class:`native.DecodeLayers`). The
+    call also writes the step's logits and hidden state into ``state``."""
     if not OPTIONS.native_layers or OPTIONS.attention != "auto":
         return None
     if native.layers_unsupported(weights, state.kv, state.valid, modules.act, batch) is not None:
         return None
-    return native.DecodeLayers(weights, state.kv, state.valid, batch, group, prompt_len)
+    return native.DecodeLayers(weights, state.kv, state.valid, batch, group, prompt_len, logits=state.logits,
+                               hidden=state.hidden)
 
 
 def _bucket(length: int) -> int:
@@ -87,13 +95,16 @@ def generate_fast(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sa
         spec = replace(spec, gate=step_gate(spec.gate))
         state = allocate_state(weights, batch, length + max_new, max_new, modules.embed.weight.shape[1],
                                weights.lm_head.shape[0], mode != "discrete", modules.embed.weight.dtype, device,
-                               **action_shape(spec, weights.lm_head.shape[0]))
+                               **action_shape(spec, weights.lm_head.shape[0]),
+                               rope_table=rope_is_static(modules.rotary))
         layers = native_layers(weights, state, modules, batch, group, length)
         step_fn = lambda t: decode_step(state, spec, weights, modules, decoder_layer,  # noqa: E731
                                         attend=length + t + 1, layers=layers)
         sync_every, check_lag = sync_every or 1, check_lag or 0
         layer_fn, last_fn = decoder_layer, None
     prefill(state, prompt_ids, prompt_mask, group, weights, modules, layer_fn)
+    if state.rope_cos is not None:
+        fill_rope(state, modules.rotary)
     reset_outputs(state, row_seeds)
     run_steps(state, spec, modules, step_fn, sync_every, check_lag, last_fn)
     return collect_rollout(state, prompt_ids, prompt_mask)
