@@ -476,8 +476,8 @@ void hrpo_decode_layers(const hrpo_layer *layers, int64_t n_layers, const hrpo_d
                         const float *cos, const float *sin, const uint8_t *valid, int64_t valid_stride,
                         int64_t slot, int64_t attend, float *work, const hrpo_head *head) {
     int64_t B = d->batch, H = d->hidden, D = d->head_dim, nh = d->heads, nkv = d->kv_heads, I = d->intermediate;
-    step_args a = {.layers = layers, .d = d, .head = head, .x = x, .delta = delta, .cos = cos, .sin = sin, .valid = valid,
-                   .valid_stride = valid_stride, .slot = slot, .attend = attend};
+    step_args a = {.layers = layers, .d = d, .head = head, .x = x, .delta = delta, .cos = cos, .sin = sin,
+                   .valid = valid, .valid_stride = valid_stride, .slot = slot, .attend = attend};
     a.h = work;
     a.qkv = a.h + B * H;
     a.attn = a.qkv + B * (nh + 2 * nkv) * D;
