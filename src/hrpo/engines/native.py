@@ -157,14 +157,17 @@ def sampling_passes(device: torch.device):
     return topk_lse if usable else None
 
 
+def _plain(tensors, dtype=torch.float32) -> bool:
+    """Whether every tensor is a contiguous ``dtype`` tensor on a CPU (what the kernels read through a pointer)."""
+    return all(t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous() for t in tensors)
+
+
 def _hybrid_ops(floats: tuple[torch.Tensor, ...], ids: tuple[torch.Tensor, ...] = ()) -> bool:
     """Whether :func:`topk_latent` and :func:`gated_mix` run: asked for (:data:`OPTIONS` ``.native_hybrid``), no
     grad, AVX2, outside :func:`disabled` and torch.compile, ``floats`` fp32 and ``ids`` int64, all contiguous on a
     CPU, and the kernels built."""
-    def plain(tensors, dtype):
-        return all(t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous() for t in tensors)
     return (OPTIONS.native_hybrid and not _OFF[0] and not torch.compiler.is_compiling()
-            and not torch.is_grad_enabled() and isa() == 2 and plain(floats, torch.float32) and plain(ids, torch.long)
+            and not torch.is_grad_enabled() and isa() == 2 and _plain(floats) and _plain(ids, torch.long)
             and library() is not None)
 
 
@@ -229,7 +232,7 @@ def layers_unsupported(weights, kv: list[torch.Tensor], valid: torch.Tensor, act
         return f"{batch} rows"
     tensors = [t for w in weights.tensors for t in w.values() if t is not None] + list(kv)
     tensors += [weights.final_norm, weights.lm_head]
-    if any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
+    if not _plain(tensors):
         return "not contiguous fp32 CPU tensors"
     if any(w[f"{name}_lora_b"] is not None for w in weights.tensors for name in ("qkv", "o", "gate_up", "down")):
         return "unmerged LoRA"
@@ -279,18 +282,22 @@ class DecodeLayers:
                                 + threads * per_thread)
         self.x, self.delta = torch.empty(batch, 1, width), torch.empty(batch, 1, width)
         self.valid = valid
-        self.writes_logits = logits is not None
         self.head = None
-        if self.writes_logits:
+        if logits is not None:
             vocab = weights.lm_head.shape[0]
             for name, t, shape in (("logits", logits, (batch, vocab)), ("hidden", hidden, (batch, width))):
-                if t is None or tuple(t.shape) != shape or t.dtype != torch.float32 or not t.is_contiguous():
-                    raise ValueError(f"{name} must be a contiguous fp32 tensor of shape {shape}")
+                if t is None or tuple(t.shape) != shape or not _plain([t]):
+                    raise ValueError(f"{name} must be a contiguous fp32 CPU tensor of shape {shape}")
             self.head = _Head(weights.final_norm.data_ptr(), weights.lm_head.data_ptr(), hidden.data_ptr(),
                               logits.data_ptr(), vocab)
         self.pointers = (ctypes.cast(self.layers, ctypes.c_void_p),
                          ctypes.cast(ctypes.pointer(self.dims), ctypes.c_void_p),
                          None if self.head is None else ctypes.cast(ctypes.pointer(self.head), ctypes.c_void_p))
+
+    @property
+    def writes_logits(self) -> bool:
+        """Whether a call also writes the step's logits and hidden state (``logits`` and ``hidden`` were given)."""
+        return self.head is not None
 
     def __call__(self, inputs: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: int, attend: int):
         """inputs (B, 1, H) at cache slot ``slot`` with RoPE cos/sin (B, 1, D), attending over the first ``attend``
