@@ -6,7 +6,9 @@
  * A decode step multiplies a handful of rows by every weight of the model once, so it is bound by how fast the
  * weights stream from memory. Each thread walks a contiguous range of W's rows (output columns); for each one it
  * keeps up to eight rows of x in flight (one accumulator per row, vectorised along K) and prefetches W PREFETCH
- * floats ahead, further than the hardware prefetcher goes. x (a few KB) stays in L1.
+ * floats ahead, further than the hardware prefetcher goes. x (a few KB) stays in L1. In the decode step a thread
+ * that finishes its range early takes chunks from the end of the others' (linear_taken), so a core slowed by the
+ * host does not hold the step at its barriers.
  *
  * Built by hrpo/engines/native.py with the system C compiler; it links the OpenMP runtime torch has loaded, so
  * its threads are torch's. isa: 2 = AVX2 + FMA (also on AVX-512 CPUs: an AVX-512 version of the same loop
@@ -16,6 +18,7 @@
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define ROWS 8          /* rows of x per pass over a weight row */
@@ -121,6 +124,44 @@ static void linear_share(columns_fn columns, const float *x, int64_t M, int64_t 
     int64_t n0, n1;
     share(N, COLUMNS, omp_get_thread_num(), omp_get_num_threads(), &n0, &n1);
     columns(x, M, K, W, bias, y, N, n0, n1);
+}
+
+/* Work that moves to whichever thread is free: items [0, n) split into one contiguous part per thread (as share
+ * does); a thread takes its own part's items from the front, then, once that is empty, the other parts' from their
+ * backs. So a thread slowed by the host's other tenants leaves its last items to the others instead of making them
+ * wait at the next barrier, and each item is still computed the same way. A part's counter (items taken from its
+ * front, low 32 bits, and from its back, high 32) sits on a cache line of its own; all start at zero. */
+typedef struct { uint64_t taken; char pad[56]; } claims;
+
+/* the next item for thread `part` of `parts` (index in [0, n)), or -1 when every item is taken */
+INLINE int64_t take(claims *counters, int64_t n, int part, int parts) {
+    for (int i = 0; i < parts; i++) {
+        int q = (part + i) % parts;
+        int64_t start, end;
+        share(n, 1, q, parts, &start, &end);
+        uint64_t seen = __atomic_load_n(&counters[q].taken, __ATOMIC_RELAXED);
+        for (;;) {
+            uint64_t front = seen & 0xffffffffu, back = seen >> 32;
+            if ((int64_t)(front + back) >= end - start) break;
+            uint64_t next = seen + (i == 0 ? 1u : (uint64_t)1 << 32);
+            if (__atomic_compare_exchange_n(&counters[q].taken, &seen, next, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+                return i == 0 ? start + (int64_t)front : end - 1 - (int64_t)back;
+        }
+    }
+    return -1;
+}
+
+#define CHUNKS 16  /* a thread's part of a product: this many chunks of columns (multiples of COLUMNS) */
+
+/* linear_share, the columns taken in chunks (take) from `counters` (one per thread, zeroed, used once) */
+static void linear_taken(columns_fn columns, const float *x, int64_t M, int64_t K, const float *W, const float *bias,
+                         float *y, int64_t N, claims *counters) {
+    int part = omp_get_thread_num(), parts = omp_get_num_threads();
+    int64_t width = (N + (int64_t)parts * CHUNKS - 1) / ((int64_t)parts * CHUNKS);
+    width = (width + COLUMNS - 1) / COLUMNS * COLUMNS;
+    int64_t chunks = (N + width - 1) / width;
+    for (int64_t c; (c = take(counters, chunks, part, parts)) >= 0;)
+        columns(x, M, K, W, bias, y, N, c * width, (c + 1) * width < N ? (c + 1) * width : N);
 }
 
 /* y (M, N) = x (M, K) @ W (N, K)^T (+ bias (N,) unless NULL); all contiguous fp32. */
@@ -354,6 +395,7 @@ typedef struct {  /* one step's inputs and scratch, shared by the threads */
     const float *cos, *sin;
     const uint8_t *valid;
     int64_t valid_stride, slot, attend;
+    claims *counters;  /* (n_layers PHASES + 1, threads): one set per product and attention (take) */
 } step_args;
 
 /* the keys (values: 1, the values) of (row b, KV head kh) in layer w's cache: (L, D) */
@@ -405,16 +447,17 @@ INLINE void attend_group(const step_args *a, const hrpo_layer *w, columns_fn col
 }
 
 /* every layer on this thread's share of each phase; the threads meet at a barrier between phases */
+#define PHASES 5  /* a layer's phases that take their work: qkv, attention, o, gate_up, down */
+#define COUNTERS(phase) (a->counters + (l * PHASES + (phase)) * parts)
 #define LAYERS_FOR(SUFFIX, TARGET)                                                                                 \
 TARGET static void layers_##SUFFIX(const step_args *a, int64_t n_layers) {                                       \
     const hrpo_dims *d = a->d;                                                                                    \
     int64_t B = d->batch, H = d->hidden, D = d->head_dim, nh = d->heads, nkv = d->kv_heads;                       \
-    int64_t I = d->intermediate, width = (nh + 2 * nkv) * D, r0, r1, t0, t1;                                      \
+    int64_t I = d->intermediate, width = (nh + 2 * nkv) * D, r0, r1;                                      \
     int part = omp_get_thread_num(), parts = omp_get_num_threads();                                               \
     int64_t RG = d->rows_per_prompt * (nh / nkv), groups = B / d->rows_per_prompt;                                \
     float *scratch = a->scores + part * (RG * (2 * D + d->cache_len) + (nh / nkv) * D);                           \
     share(B, 1, part, parts, &r0, &r1);                                                                           \
-    share(groups * nkv, 1, part, parts, &t0, &t1);                                                                \
     for (int64_t l = 0; l < n_layers; l++) {                                                                      \
         const hrpo_layer *w = a->layers + l;                                                                      \
         for (int64_t r = r0; r < r1; r++) {  /* the previous layer's MLP output joins the residual stream */     \
@@ -426,13 +469,13 @@ TARGET static void layers_##SUFFIX(const step_args *a, int64_t n_layers) {      
             rms_norm(x, w->input_norm, d->eps, H, a->h + r * H);                                                  \
         }                                                                                                         \
         _Pragma("omp barrier")                                                                                    \
-        linear_share(columns_##SUFFIX, a->h, B, H, w->qkv, w->qkv_bias, a->qkv, width);                           \
+        linear_taken(columns_##SUFFIX, a->h, B, H, w->qkv, w->qkv_bias, a->qkv, width, COUNTERS(0));             \
         _Pragma("omp barrier")                                                                                    \
-        for (int64_t t = t0; t < t1; t++)                                                                         \
+        for (int64_t t; (t = take(COUNTERS(1), groups * nkv, part, parts)) >= 0;)                                  \
             attend_group(a, w, columns_##SUFFIX, values_##SUFFIX, softmax_rows_##SUFFIX, t / nkv * d->rows_per_prompt, \
                          t % nkv, scratch);                                                                       \
         _Pragma("omp barrier")                                                                                    \
-        linear_share(columns_##SUFFIX, a->attn, B, nh * D, w->o, w->o_bias, a->h, H);                              \
+        linear_taken(columns_##SUFFIX, a->attn, B, nh * D, w->o, w->o_bias, a->h, H, COUNTERS(2));                \
         _Pragma("omp barrier")                                                                                    \
         for (int64_t r = r0; r < r1; r++) {                                                                       \
             float *x = a->x + r * H;                                                                              \
@@ -441,12 +484,12 @@ TARGET static void layers_##SUFFIX(const step_args *a, int64_t n_layers) {      
             rms_norm(x, w->post_norm, d->eps, H, a->h + r * H);                                                   \
         }                                                                                                         \
         _Pragma("omp barrier")                                                                                    \
-        linear_share(columns_##SUFFIX, a->h, B, H, w->gate_up, w->gate_up_bias, a->gate_up, 2 * I);               \
+        linear_taken(columns_##SUFFIX, a->h, B, H, w->gate_up, w->gate_up_bias, a->gate_up, 2 * I, COUNTERS(3));  \
         _Pragma("omp barrier")                                                                                    \
         for (int64_t r = r0; r < r1; r++)  /* SwiGLU: silu(gate) * up */                                        \
             swiglu_##SUFFIX(a->gate_up + r * 2 * I, a->gate_up + r * 2 * I + I, a->act + r * I, I);                \
         _Pragma("omp barrier")                                                                                    \
-        linear_share(columns_##SUFFIX, a->act, B, I, w->down, w->down_bias, a->delta, H);                         \
+        linear_taken(columns_##SUFFIX, a->act, B, I, w->down, w->down_bias, a->delta, H, COUNTERS(4));            \
         _Pragma("omp barrier")                                                                                    \
     }                                                                                                             \
     if (a->head) {  /* the last hidden state (the last residual add, then the final norm) and the logits */       \
@@ -458,7 +501,8 @@ TARGET static void layers_##SUFFIX(const step_args *a, int64_t n_layers) {      
             rms_norm(sum, o->final_norm, d->eps, H, o->hidden + r * H);                                           \
         }                                                                                                         \
         _Pragma("omp barrier")                                                                                    \
-        linear_share(columns_##SUFFIX, o->hidden, B, H, o->lm_head, NULL, o->logits, o->vocab);                   \
+        linear_taken(columns_##SUFFIX, o->hidden, B, H, o->lm_head, NULL, o->logits, o->vocab,                     \
+                     a->counters + n_layers * PHASES * parts);                                                   \
     }                                                                                                             \
 }
 #ifdef HAVE_AVX2
@@ -471,8 +515,9 @@ LAYERS_FOR(plain, )
  * cos/sin (B, D); valid (B, >= attend) with row stride valid_stride: the cache slots a row may attend to (slot
  * included); this step's keys and values are written at cache slot `slot`. work: scratch of at least
  * B * (H + (Hq + 2 Hkv) D + Hq D + 3 I) + threads * (R (Hq / Hkv) (2 D + L) + (Hq / Hkv) D) floats, R the
- * rows per prompt. head: NULL, or where the step's last hidden state and logits go (see hrpo_head). */
-void hrpo_decode_layers(const hrpo_layer *layers, int64_t n_layers, const hrpo_dims *d, float *x, float *delta,
+ * rows per prompt. head: NULL, or where the step's last hidden state and logits go (see hrpo_head). Returns 0, or
+ * -1 when it could not allocate the work counters (nothing computed). */
+int hrpo_decode_layers(const hrpo_layer *layers, int64_t n_layers, const hrpo_dims *d, float *x, float *delta,
                         const float *cos, const float *sin, const uint8_t *valid, int64_t valid_stride,
                         int64_t slot, int64_t attend, float *work, const hrpo_head *head) {
     int64_t B = d->batch, H = d->hidden, D = d->head_dim, nh = d->heads, nkv = d->kv_heads, I = d->intermediate;
@@ -484,6 +529,10 @@ void hrpo_decode_layers(const hrpo_layer *layers, int64_t n_layers, const hrpo_d
     a.gate_up = a.attn + B * nh * D;
     a.act = a.gate_up + B * 2 * I;
     a.scores = a.act + B * I;
+    size_t counters = (size_t)(n_layers * PHASES + 1) * d->threads * sizeof(claims);
+    a.counters = aligned_alloc(sizeof(claims), counters);
+    if (!a.counters) return -1;
+    memset(a.counters, 0, counters);
     #pragma omp parallel num_threads(d->threads)
     {
 #ifdef HAVE_AVX2
@@ -492,6 +541,8 @@ void hrpo_decode_layers(const hrpo_layer *layers, int64_t n_layers, const hrpo_d
 #endif
         layers_plain(&a, n_layers);
     }
+    free(a.counters);
+    return 0;
 }
 
 /* ---- The passes over the whole vocabulary that sampling makes (hrpo/sampling.py sample_tokens): the k largest

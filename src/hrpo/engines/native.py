@@ -88,7 +88,7 @@ def library() -> ctypes.CDLL | None:
     lib.hrpo_linear.restype = None
     lib.hrpo_decode_layers.argtypes = [pointer, size, pointer, pointer, pointer, pointer, pointer, pointer, size,
                                        size, size, pointer, pointer]
-    lib.hrpo_decode_layers.restype = None
+    lib.hrpo_decode_layers.restype = ctypes.c_int
     lib.hrpo_topk_lse.argtypes = [pointer, size, size, size, ctypes.c_float, pointer, pointer, pointer, ctypes.c_int,
                                   ctypes.c_int]
     lib.hrpo_topk_lse.restype = size
@@ -306,7 +306,10 @@ class DecodeLayers:
         self.x.copy_(inputs)
         cos, sin = cos.float().contiguous(), sin.float().contiguous()
         layers, dims, head = self.pointers
-        library().hrpo_decode_layers(layers, len(self.layers), dims, self.x.data_ptr(),
-                                     self.delta.data_ptr(), cos.data_ptr(), sin.data_ptr(), self.valid.data_ptr(),
-                                     self.valid.stride(0), slot, attend, self.work.data_ptr(), head)
+        failed = library().hrpo_decode_layers(layers, len(self.layers), dims, self.x.data_ptr(),
+                                              self.delta.data_ptr(), cos.data_ptr(), sin.data_ptr(),
+                                              self.valid.data_ptr(), self.valid.stride(0), slot, attend,
+                                              self.work.data_ptr(), head)
+        if failed:
+            raise MemoryError("hrpo_decode_layers could not allocate its work counters")
         return self.x, self.delta
