@@ -115,6 +115,44 @@ def test_decode_layers_equal_the_aten_layers(arch, group, path, tokenizer, monke
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+def test_decode_layers_give_the_same_bits_on_any_number_of_threads(tokenizer):
+    """The threads take the products' column chunks and the attention tasks from each other (with 7 threads and a
+    tiny model most have no part of their own and take all their work from the others); every output is computed
+    the same way whichever thread does it."""
+    model = with_random_lora(build_tiny_model("llama", len(tokenizer)))
+    weights, modules = decode_weights(model, merge_lora=True), model_modules(model)
+    ids, mask = left_pad([p for p in ([5, 6, 7, 8, 9], [10, 11]) for _ in range(2)], tokenizer.pad_token_id)
+    batch, new, hidden, threads = ids.shape[0], 4, model.config.hidden_size, torch.get_num_threads()
+    outputs = []
+    try:
+        for count in (1, 3, 7):
+            torch.set_num_threads(count)
+            with torch.no_grad():
+                state = allocate_state(weights, batch, ids.shape[1] + new, new, hidden, len(tokenizer), False,
+                                       torch.float32, torch.device("cpu"))
+                prefill(state, ids, mask, 2, weights, modules)
+                logits, normed = torch.empty(batch, len(tokenizer)), torch.empty(batch, hidden)
+                layers = native.DecodeLayers(weights, state.kv, state.valid, batch, 2, ids.shape[1], logits=logits,
+                                             hidden=normed)
+                assert layers.dims.threads == count
+                gen, steps = torch.Generator().manual_seed(1), []
+                for t in range(new):
+                    slot = ids.shape[1] + t
+                    state.valid[:, slot] = True
+                    inputs = torch.randn(batch, 1, hidden, generator=gen)
+                    cos, sin = modules.rotary(inputs, state.positions + t)
+                    x, delta = layers(inputs, cos, sin, slot, slot + 1)
+                    steps.append((x.clone(), delta.clone(), logits.clone(), normed.clone()))
+                outputs.append((steps, [cache.clone() for cache in state.kv]))
+    finally:
+        torch.set_num_threads(threads)
+    (want_steps, want_kv), others = outputs[0], outputs[1:]
+    for steps, kv in others:
+        for got, want in zip(steps, want_steps):
+            assert all(torch.equal(g, w) for g, w in zip(got, want))
+        assert all(torch.equal(g, w) for g, w in zip(kv, want_kv))
+
+
 def test_the_static_engine_runs_its_layers_in_the_kernel(tokenizer, monkeypatch):
     calls = []
     call = native.DecodeLayers.__call__
