@@ -16,6 +16,9 @@ head size. The machine is measured again before each measured pair; ``ratio`` is
 and each figure reported is the median over pairs. ``best`` is best against best: the step from the fastest long
 and the fastest short rollout, over the lowest roofline of the invocation (a shared host's other tenants slow
 the step far more than they lower the measured rates).
+
+The modes take turns, pair by pair, and ``hybrid_rollout_cost_over_discrete`` is the median over the repeats of
+a hybrid rollout of --new-tokens + 4 tokens over the discrete one next to it, minus 1.
 """
 
 from __future__ import annotations
@@ -129,25 +132,34 @@ def main() -> None:
               "cpu_linear": options.OPTIONS.cpu_linear, "native_layers": options.OPTIONS.native_layers,
               "native_sampling": options.OPTIONS.native_sampling, "native_hybrid": options.OPTIONS.native_hybrid,
               "work": {"rows": batch, "prompt_tokens": ids.shape[1], "new_tokens": args.new_tokens}, "step": cost}
-    # the host's bandwidth moves with its neighbours' load (this shared 2-core machine: 38-69 GB/s within a
-    # minute), so the machine is measured again before every measured pair and each pair has its own roofline
-    for mode in args.modes.split(","):
+    # the host's bandwidth moves with its neighbours' load (this shared 2-core machine: 33-80 GB/s within a
+    # minute), so the machine is measured again before every measured pair and each pair has its own roofline;
+    # the modes take turns (discrete, hybrid, then hybrid, discrete, ...), so that a change in the load falls
+    # on both and their paired rollouts can be compared
+    modes = args.modes.split(",")
+    for mode in modes:
         rollout(mode, 4)  # warm-up: the kernel build, allocations
-        runs = []
-        for _ in range(args.repeats):
+    runs = {mode: [] for mode in modes}
+    for repeat in range(args.repeats):
+        for mode in modes if repeat % 2 == 0 else modes[::-1]:
             gflops, bandwidth = matmul_rate(repeats=5), read_bandwidth(repeats=5)
             roofline_ms = max(cost["flops"] / gflops / 1e9, cost["bytes"] / bandwidth / 1e9) * 1e3
             long, short = rollout(mode, args.new_tokens + 4), rollout(mode, 4)
             step_ms = (long - short) / args.new_tokens * 1e3
-            runs.append({"step_ms": step_ms, "roofline_ms": roofline_ms, "ratio": step_ms / roofline_ms,
-                         "fp32_matmul_gflops": gflops, "read_gb_s": bandwidth, "long_s": long, "short_s": short})
-        report[mode] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+            runs[mode].append({"step_ms": step_ms, "roofline_ms": roofline_ms, "ratio": step_ms / roofline_ms,
+                               "fp32_matmul_gflops": gflops, "read_gb_s": bandwidth, "long_s": long,
+                               "short_s": short})
+    for mode in modes:
+        report[mode] = {key: statistics.median(run[key] for run in runs[mode]) for key in runs[mode][0]}
         # best against best: the fastest long and short rollouts (what the code does when the host leaves it
         # alone) against the lowest roofline of the invocation (the machine at its best)
-        best_ms = (min(r["long_s"] for r in runs) - min(r["short_s"] for r in runs)) / args.new_tokens * 1e3
-        lowest = min(r["roofline_ms"] for r in runs)
-        report[mode]["best"] = {"step_ms": best_ms, "roofline_ms": lowest, "ratio": best_ms / lowest}
-        report[mode]["runs"] = runs
+        best_s = (min(r["long_s"] for r in runs[mode]) - min(r["short_s"] for r in runs[mode])) / args.new_tokens
+        lowest = min(r["roofline_ms"] for r in runs[mode])
+        report[mode]["best"] = {"step_ms": best_s * 1e3, "roofline_ms": lowest, "ratio": best_s * 1e3 / lowest}
+        report[mode]["runs"] = runs[mode]
+    if "discrete" in runs and "hybrid" in runs:  # a whole rollout of new_tokens + 4 tokens, pair by pair
+        report["hybrid_rollout_cost_over_discrete"] = statistics.median(
+            h["long_s"] / d["long_s"] - 1.0 for h, d in zip(runs["hybrid"], runs["discrete"]))
     print(f"RESULT {json.dumps(report)}" if args.json_line else json.dumps(report, indent=2))
 
 

@@ -17,6 +17,8 @@ temperature 0.5, top-k 50, beta 0.005 (so both run the reference forward), one u
 checkpointing. Each trainer runs in its own subprocess, one after the other; per-phase figures are medians over
 steps 2..N (step 1 warms up). "rollout" is TRL's ``model.generate`` / hrpo's rollout; "rest" is the step minus
 it (reference + policy forward/backward + optimizer). Ratios are TRL's time over hrpo's (> 1: hrpo faster).
+``hybrid_rollout_cost_over_discrete`` compares the two trainers' rollouts, run minutes apart;
+``..._paired`` is decode_roofline.py's, from rollouts that take turns (a change in the host's load falls on both).
 """
 
 from __future__ import annotations
@@ -185,6 +187,9 @@ def main() -> None:
             report.setdefault("ratios", {}).update({f"decode_step_over_roofline_{m}": report["roofline"][m]["ratio"],
                                                     f"decode_step_over_roofline_{m}_best":
                                                         report["roofline"][m]["best"]["ratio"]})
+        if "hybrid_rollout_cost_over_discrete" in report["roofline"]:  # paired rollouts, modes taking turns
+            report["ratios"]["hybrid_rollout_cost_over_discrete_paired"] = (
+                report["roofline"]["hybrid_rollout_cost_over_discrete"])
     if "discrete" in report and "hybrid" in report:
         report.setdefault("ratios", {})["hybrid_rollout_cost_over_discrete"] = (
             report["hybrid"]["rollout_s"] / report["discrete"]["rollout_s"] - 1.0)
