@@ -448,7 +448,7 @@ INLINE void attend_group(const step_args *a, const hrpo_layer *w, columns_fn col
 
 /* every layer on this thread's share of each phase; the threads meet at a barrier between phases */
 #define PHASES 5  /* a layer's phases that take their work: qkv, attention, o, gate_up, down */
-#define COUNTERS(phase) (a->counters + (l * PHASES + (phase)) * parts)
+#define COUNTERS(layer, phase) (a->counters + ((layer) * PHASES + (phase)) * parts)  /* the head: (n_layers, 0) */
 #define LAYERS_FOR(SUFFIX, TARGET)                                                                                 \
 TARGET static void layers_##SUFFIX(const step_args *a, int64_t n_layers) {                                       \
     const hrpo_dims *d = a->d;                                                                                    \
@@ -469,13 +469,13 @@ TARGET static void layers_##SUFFIX(const step_args *a, int64_t n_layers) {      
             rms_norm(x, w->input_norm, d->eps, H, a->h + r * H);                                                  \
         }                                                                                                         \
         _Pragma("omp barrier")                                                                                    \
-        linear_taken(columns_##SUFFIX, a->h, B, H, w->qkv, w->qkv_bias, a->qkv, width, COUNTERS(0));             \
+        linear_taken(columns_##SUFFIX, a->h, B, H, w->qkv, w->qkv_bias, a->qkv, width, COUNTERS(l, 0));          \
         _Pragma("omp barrier")                                                                                    \
-        for (int64_t t; (t = take(COUNTERS(1), groups * nkv, part, parts)) >= 0;)                                  \
+        for (int64_t t; (t = take(COUNTERS(l, 1), groups * nkv, part, parts)) >= 0;)                               \
             attend_group(a, w, columns_##SUFFIX, values_##SUFFIX, softmax_rows_##SUFFIX, t / nkv * d->rows_per_prompt, \
                          t % nkv, scratch);                                                                       \
         _Pragma("omp barrier")                                                                                    \
-        linear_taken(columns_##SUFFIX, a->attn, B, nh * D, w->o, w->o_bias, a->h, H, COUNTERS(2));                \
+        linear_taken(columns_##SUFFIX, a->attn, B, nh * D, w->o, w->o_bias, a->h, H, COUNTERS(l, 2));             \
         _Pragma("omp barrier")                                                                                    \
         for (int64_t r = r0; r < r1; r++) {                                                                       \
             float *x = a->x + r * H;                                                                              \
@@ -484,12 +484,12 @@ TARGET static void layers_##SUFFIX(const step_args *a, int64_t n_layers) {      
             rms_norm(x, w->post_norm, d->eps, H, a->h + r * H);                                                   \
         }                                                                                                         \
         _Pragma("omp barrier")                                                                                    \
-        linear_taken(columns_##SUFFIX, a->h, B, H, w->gate_up, w->gate_up_bias, a->gate_up, 2 * I, COUNTERS(3));  \
+        linear_taken(columns_##SUFFIX, a->h, B, H, w->gate_up, w->gate_up_bias, a->gate_up, 2 * I, COUNTERS(l, 3));\
         _Pragma("omp barrier")                                                                                    \
         for (int64_t r = r0; r < r1; r++)  /* SwiGLU: silu(gate) * up */                                        \
             swiglu_##SUFFIX(a->gate_up + r * 2 * I, a->gate_up + r * 2 * I + I, a->act + r * I, I);                \
         _Pragma("omp barrier")                                                                                    \
-        linear_taken(columns_##SUFFIX, a->act, B, I, w->down, w->down_bias, a->delta, H, COUNTERS(4));            \
+        linear_taken(columns_##SUFFIX, a->act, B, I, w->down, w->down_bias, a->delta, H, COUNTERS(l, 4));         \
         _Pragma("omp barrier")                                                                                    \
     }                                                                                                             \
     if (a->head) {  /* the last hidden state (the last residual add, then the final norm) and the logits */       \
@@ -502,7 +502,7 @@ TARGET static void layers_##SUFFIX(const step_args *a, int64_t n_layers) {      
         }                                                                                                         \
         _Pragma("omp barrier")                                                                                    \
         linear_taken(columns_##SUFFIX, o->hidden, B, H, o->lm_head, NULL, o->logits, o->vocab,                     \
-                     a->counters + n_layers * PHASES * parts);                                                   \
+                     COUNTERS(n_layers, 0));                                                                     \
     }                                                                                                             \
 }
 #ifdef HAVE_AVX2
