@@ -63,24 +63,29 @@ def test_linear_takes_a_decode_steps_rows_and_leaves_the_rest_to_onednn(monkeypa
     assert not native.supports(x, w, b)  # autograd on: never the kernel
 
 
-def _qwen3(vocab_size: int):
+def _qwen3(vocab_size: int, head_dim: int = 8):
     from transformers import AutoModelForCausalLM, Qwen3Config
 
     common = tiny_config("llama", vocab_size).to_dict()
     config = Qwen3Config(**{k: common[k] for k in ("vocab_size", "hidden_size", "intermediate_size",
                                                    "num_hidden_layers", "num_attention_heads",
-                                                   "num_key_value_heads", "tie_word_embeddings")}, head_dim=8)
+                                                   "num_key_value_heads", "tie_word_embeddings")}, head_dim=head_dim)
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("arch, group", [("llama", 1), ("qwen2", 1), ("qwen3", 1), ("llama", 2), ("qwen2", 3)])
+@pytest.mark.parametrize("arch, group", [("llama", 1), ("qwen2", 1), ("qwen3", 1), ("llama", 2), ("qwen2", 3),
+                                         ("qwen3-64", 2), ("qwen3-128", 1)])
 def test_decode_layers_equal_the_aten_layers(arch, group, path, tokenizer, monkeypatch):
     """Plain Llama; q/k/v biases; q/k norms; rows in runs of ``group`` sharing a prompt, whose cache slots the
-    kernel reads once per run."""
+    kernel reads once per run; heads of 64 and 128, whose attention products the kernel compiles for that size."""
     monkeypatch.setattr(native, "isa", lambda: path)
-    model = with_random_lora(_qwen3(len(tokenizer)) if arch == "qwen3" else build_tiny_model(arch, len(tokenizer)))
+    if arch.startswith("qwen3"):
+        model = _qwen3(len(tokenizer), int(arch.partition("-")[2] or 8))
+    else:
+        model = build_tiny_model(arch, len(tokenizer))
+    model = with_random_lora(model)
     weights, modules = decode_weights(model, merge_lora=True), model_modules(model)
     prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]  # left-padded: the pads' slots are invalid
     ids, mask = left_pad([p for p in prompts for _ in range(group)], tokenizer.pad_token_id)
