@@ -379,44 +379,59 @@ INLINE void values_plain(const float *probs, int64_t stride, const float *values
 }
 
 #ifdef HAVE_AVX2
-/* values_plain for `group` (a constant after inlining) heads, eight dimensions at a time in registers */
-INLINE AVX2 void values_body_avx2(const float *probs, int64_t stride, const float *values, int64_t attend,
-                                  const int group, int64_t dim, float *out) {
-    int64_t c = 0;
-    for (; c + 8 <= dim; c += 8) {
-        __m256 acc[8];
-        for (int g = 0; g < group; g++) acc[g] = _mm256_setzero_ps();
-        for (int64_t n = 0; n < attend; n++) {
-            if (c == 0)  /* the first pass brings each value row in, AHEAD rows early; later passes find it */
-                for (int64_t j = 0; j < dim; j += 16) __builtin_prefetch(values + (n + AHEAD) * dim + j, 0, 3);
-            __m256 v = _mm256_loadu_ps(values + n * dim + c);
-            for (int g = 0; g < group; g++)
-                acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(probs[g * stride + n]), v, acc[g]);
+/* out[g * dim + c + 8 j + i] = sum_n probs[g * stride + n] values[n * dim + c + 8 j + i] for g < heads (<= 3),
+ * j < chunks (<= 4), i < 8 (heads and chunks constants after inlining): twelve accumulators, each added up over n
+ * in order. first: also prefetch each value row AHEAD rows early (later passes find it in cache). */
+INLINE AVX2 void values_tile_avx2(const float *probs, int64_t stride, const float *values, int64_t attend,
+                                  const int heads, int64_t dim, int64_t c, const int chunks, int first, float *out) {
+    __m256 acc[3][4];
+    for (int g = 0; g < 3; g++)
+        for (int j = 0; j < 4; j++) acc[g][j] = _mm256_setzero_ps();
+    for (int64_t n = 0; n < attend; n++) {
+        if (first)
+            for (int64_t i = 0; i < dim; i += 16) __builtin_prefetch(values + (n + AHEAD) * dim + i, 0, 3);
+        __m256 v[4];
+        for (int j = 0; j < chunks; j++) v[j] = _mm256_loadu_ps(values + n * dim + c + 8 * j);
+        for (int g = 0; g < heads; g++) {
+            __m256 p = _mm256_set1_ps(probs[g * stride + n]);
+            for (int j = 0; j < chunks; j++) acc[g][j] = _mm256_fmadd_ps(p, v[j], acc[g][j]);
         }
-        for (int g = 0; g < group; g++) _mm256_storeu_ps(out + g * dim + c, acc[g]);
     }
-    for (; c < dim; c++)
-        for (int g = 0; g < group; g++) {
+    for (int g = 0; g < heads; g++)
+        for (int j = 0; j < chunks; j++) _mm256_storeu_ps(out + g * dim + c + 8 * j, acc[g][j]);
+}
+
+/* values_tile_avx2 over `heads` (a constant) heads and all of dim: 32 dimensions a pass, the rest in 8s, the last
+ * dim % 8 one by one */
+INLINE AVX2 void values_heads_avx2(const float *probs, int64_t stride, const float *values, int64_t attend,
+                                   const int heads, int64_t dim, int first, float *out) {
+    int64_t c = 0;
+    for (; c + 32 <= dim; c += 32, first = 0)
+        values_tile_avx2(probs, stride, values, attend, heads, dim, c, 4, first, out);
+    switch ((dim - c) / 8) {
+        case 3: values_tile_avx2(probs, stride, values, attend, heads, dim, c, 3, first, out); break;
+        case 2: values_tile_avx2(probs, stride, values, attend, heads, dim, c, 2, first, out); break;
+        case 1: values_tile_avx2(probs, stride, values, attend, heads, dim, c, 1, first, out); break;
+        default: break;
+    }
+    for (c = dim / 8 * 8; c < dim; c++)
+        for (int g = 0; g < heads; g++) {
             float o = 0.0f;
             for (int64_t n = 0; n < attend; n++) o += probs[g * stride + n] * values[n * dim + c];
             out[g * dim + c] = o;
         }
 }
 
+/* values_plain in tiles of 3 heads x 32 dimensions (the same sums in the same order) */
 INLINE AVX2 void values_avx2(const float *probs, int64_t stride, const float *values, int64_t attend, int64_t group,
                              int64_t dim, float *out) {
-    for (int64_t g0 = 0; g0 < group; g0 += 8) {
+    for (int64_t g0 = 0; g0 < group; g0 += 3) {
         const float *p = probs + g0 * stride;
         float *o = out + g0 * dim;
-        switch (group - g0 < 8 ? group - g0 : 8) {
-            case 8: values_body_avx2(p, stride, values, attend, 8, dim, o); break;
-            case 7: values_body_avx2(p, stride, values, attend, 7, dim, o); break;
-            case 6: values_body_avx2(p, stride, values, attend, 6, dim, o); break;
-            case 5: values_body_avx2(p, stride, values, attend, 5, dim, o); break;
-            case 4: values_body_avx2(p, stride, values, attend, 4, dim, o); break;
-            case 3: values_body_avx2(p, stride, values, attend, 3, dim, o); break;
-            case 2: values_body_avx2(p, stride, values, attend, 2, dim, o); break;
-            default: values_body_avx2(p, stride, values, attend, 1, dim, o); break;
+        switch (group - g0 < 3 ? group - g0 : 3) {
+            case 3: values_heads_avx2(p, stride, values, attend, 3, dim, g0 == 0, o); break;
+            case 2: values_heads_avx2(p, stride, values, attend, 2, dim, g0 == 0, o); break;
+            default: values_heads_avx2(p, stride, values, attend, 1, dim, g0 == 0, o); break;
         }
     }
 }
