@@ -137,14 +137,18 @@ TARGET static void NAME(const float *x, int64_t M, int64_t k, const float *W, co
         }                                                                                                         \
     }                                                                                                             \
 }
-#define COLUMNS_FOR(SUFFIX, TARGET)                                                                                \
-    COLUMNS_DEF(columns_##SUFFIX, SUFFIX, TARGET, k)                                                              \
-    COLUMNS_DEF(columns64_##SUFFIX, SUFFIX, TARGET, 64)                                                           \
-    COLUMNS_DEF(columns128_##SUFFIX, SUFFIX, TARGET, 128)
+/* DEF(name, SUFFIX, TARGET, size) for each head size the attention is compiled for: ARG (the argument: any size),
+ * 64 and 128, named NAME_SUFFIX, NAME64_SUFFIX and NAME128_SUFFIX; FOR_HEAD_SIZE picks one for a size D */
+#define HEAD_SIZES(DEF, NAME, SUFFIX, TARGET, ARG)                                                                 \
+    DEF(NAME##_##SUFFIX, SUFFIX, TARGET, ARG)                                                                     \
+    DEF(NAME##64_##SUFFIX, SUFFIX, TARGET, 64)                                                                    \
+    DEF(NAME##128_##SUFFIX, SUFFIX, TARGET, 128)
+#define FOR_HEAD_SIZE(NAME, SUFFIX, D)                                                                             \
+    ((D) == 64 ? NAME##64_##SUFFIX : (D) == 128 ? NAME##128_##SUFFIX : NAME##_##SUFFIX)
 #ifdef HAVE_AVX2
-COLUMNS_FOR(avx2, AVX2)
+HEAD_SIZES(COLUMNS_DEF, columns, avx2, AVX2, k)
 #endif
-COLUMNS_FOR(plain, )
+HEAD_SIZES(COLUMNS_DEF, columns, plain, , k)
 
 typedef void (*columns_fn)(const float *, int64_t, int64_t, const float *, const float *, float *, int64_t, int64_t,
                            int64_t);
@@ -439,21 +443,17 @@ INLINE AVX2 void values_avx2(const float *probs, int64_t stride, const float *va
 
 typedef void (*values_fn)(const float *, int64_t, const float *, int64_t, int64_t, int64_t, float *);
 
-/* values_SUFFIX with dim DIM: the argument d, or a constant (as for COLUMNS_DEF) */
+/* values_SUFFIX with dim DIM: the argument d, or a constant (as for COLUMNS_DEF; instances: HEAD_SIZES) */
 #define VALUES_DEF(NAME, SUFFIX, TARGET, DIM)                                                                      \
 TARGET static void NAME(const float *probs, int64_t stride, const float *values, int64_t attend, int64_t group,    \
                         int64_t d, float *out) {                                                                  \
     (void)d;                                                                                                      \
     values_##SUFFIX(probs, stride, values, attend, group, DIM, out);                                              \
 }
-#define VALUES_FOR(SUFFIX, TARGET)                                                                                 \
-    VALUES_DEF(values_any_##SUFFIX, SUFFIX, TARGET, d)                                                            \
-    VALUES_DEF(values64_##SUFFIX, SUFFIX, TARGET, 64)                                                             \
-    VALUES_DEF(values128_##SUFFIX, SUFFIX, TARGET, 128)
 #ifdef HAVE_AVX2
-VALUES_FOR(avx2, AVX2)
+HEAD_SIZES(VALUES_DEF, weighted, avx2, AVX2, d)
 #endif
-VALUES_FOR(plain, )
+HEAD_SIZES(VALUES_DEF, weighted, plain, , d)
 typedef void (*softmax_fn)(float *, const uint8_t *, int64_t, int64_t, float);
 
 typedef struct {  /* one step's inputs and scratch, shared by the threads */
@@ -528,8 +528,8 @@ TARGET static void layers_##SUFFIX(const step_args *a, int64_t n_layers) {      
     float *scratch = a->scores + part * (RG * (2 * D + d->cache_len) + (nh / nkv) * D);                           \
     share(B, 1, part, parts, &r0, &r1);                                                                           \
     /* the attention's products with the head size fixed where it is a common one (2x faster at 64) */          \
-    columns_fn keys = D == 64 ? columns64_##SUFFIX : D == 128 ? columns128_##SUFFIX : columns_##SUFFIX;        \
-    values_fn weighted = D == 64 ? values64_##SUFFIX : D == 128 ? values128_##SUFFIX : values_any_##SUFFIX;     \
+    columns_fn keys = FOR_HEAD_SIZE(columns, SUFFIX, D);                                                          \
+    values_fn weighted = FOR_HEAD_SIZE(weighted, SUFFIX, D);                                                      \
     for (int64_t l = 0; l < n_layers; l++) {                                                                      \
         const hrpo_layer *w = a->layers + l;                                                                      \
         for (int64_t r = r0; r < r1; r++) {  /* the previous layer's MLP output joins the residual stream */     \
