@@ -17,6 +17,10 @@ and each figure reported is the median over pairs. ``best`` is best against best
 and the fastest short rollout, over the lowest roofline of the invocation (a shared host's other tenants slow
 the step far more than they lower the measured rates).
 
+``cpu_steal`` is the share of this machine's CPU time the hypervisor gave to other guests while the pairs ran
+(Linux's /proc/stat; null elsewhere): a shared host slows the step through its cores' and caches' other tenants,
+which this share shows only in part.
+
 The modes take turns, pair by pair, and ``hybrid_rollout_cost_over_discrete`` is the median over the repeats of
 a hybrid rollout of --new-tokens + 4 tokens over the discrete one next to it, minus 1.
 """
@@ -58,6 +62,25 @@ def read_bandwidth(megabytes: int = 512, repeats: int = 10) -> float:
     buffer = torch.rand(megabytes * 2 ** 20 // 4)
     best = min(_timed(buffer.sum) for _ in range(repeats))
     return buffer.numel() * 4 / best / 1e9
+
+
+def cpu_ticks() -> list[int] | None:
+    """The machine's CPU time so far, in ticks, as /proc/stat's first line counts it (user, nice, system, idle,
+    iowait, irq, softirq, steal, ...); None where there is no such file."""
+    try:
+        with open("/proc/stat") as stat:
+            return [int(n) for n in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_share(before: list[int] | None, after: list[int] | None) -> float | None:
+    """The share of the CPU ticks between two :func:`cpu_ticks` that went to other guests (steal, the 8th)."""
+    if not before or not after or len(before) < 8 or len(after) < 8:
+        return None
+    spent = [b - a for a, b in zip(before, after)]
+    total = sum(spent[:8])  # guest time (9th and 10th) is already counted in user time
+    return spent[7] / total if total > 0 else None
 
 
 def _timed(fn) -> float:
@@ -140,6 +163,7 @@ def main() -> None:
     for mode in modes:
         rollout(mode, 4)  # warm-up: the kernel build, allocations
     runs = {mode: [] for mode in modes}
+    ticks = cpu_ticks()
     for repeat in range(args.repeats):
         for mode in modes if repeat % 2 == 0 else modes[::-1]:
             gflops, bandwidth = matmul_rate(repeats=5), read_bandwidth(repeats=5)
@@ -149,6 +173,7 @@ def main() -> None:
             runs[mode].append({"step_ms": step_ms, "roofline_ms": roofline_ms, "ratio": step_ms / roofline_ms,
                                "fp32_matmul_gflops": gflops, "read_gb_s": bandwidth, "long_s": long,
                                "short_s": short})
+    report["cpu_steal"] = steal_share(ticks, cpu_ticks())
     for mode in modes:
         report[mode] = {key: statistics.median(run[key] for run in runs[mode]) for key in runs[mode][0]}
         # best against best: the fastest long and short rollouts (what the code does when the host leaves it
