@@ -1,6 +1,6 @@
 """hrpo's kernels for a decode step's small ops (hrpo/engines/cpu_kernels.c via hrpo.engines.native): sampling's
 top-k and log-sum-exp (the k largest logits against torch.topk and a hand-ordered tie, the log-sum-exp against
-fp64, where it steps aside), the hybrid step's latent and gate mix against hrpo.gate, and the engines' rollouts
+fp64, where it steps aside), the whole draw without top-p (by hand and against torch's), the hybrid step's latent and gate mix against hrpo.gate, and the engines' rollouts
 with them against the same rollouts on torch's ops."""
 
 import pytest
@@ -88,6 +88,63 @@ def test_sample_tokens_draws_the_same_tokens_with_the_kernel():
                 assert torch.equal(a, b) if a.dtype == torch.long else torch.allclose(a, b, atol=2e-6, rtol=0)
 
 
+def test_the_fused_draw_samples_by_hand():
+    if native.isa() != 2:
+        pytest.skip("the kernel samples only with AVX2")
+    # kept at T = 0.5: logits 2, 1.5, 1, -inf (ids 3, 0, 5, 1) -> softmax of 4, 3, 2 and 0
+    row = torch.tensor([[1.5, -float("inf"), -float("inf"), 2.0, -float("inf"), 1.0]])
+    e = torch.tensor([1.0, torch.e ** -1, torch.e ** -2, 0.0], dtype=torch.float64)
+    probs = e / e.sum()  # 0.6652, 0.2447, 0.0900, 0
+    lse = torch.logsumexp(row.double() / 0.5, dim=-1)
+    for u, choice in ((0.0, 0), (0.66, 0), (0.67, 1), (0.9, 1), (0.92, 2), (0.999, 2)):
+        tokens, logprobs, kept_probs, kept_ids = native.topk_sample(row, 4, 0.5, 0.5, torch.tensor([u]))
+        assert kept_ids.tolist() == [[3, 0, 5, 1]] and tokens.tolist() == [[3, 0, 5][choice]]
+        torch.testing.assert_close(kept_probs[0].double(), probs, atol=1e-7, rtol=0)
+        assert kept_probs[0, 3] == 0.0  # a kept logit of -inf
+        want = row[0, tokens[0]].double() / 0.5 - lse
+        torch.testing.assert_close(logprobs.double(), want, atol=2e-6, rtol=0)
+    # the log-probs at another temperature than the draw's
+    _, logprobs, _, _ = native.topk_sample(row, 2, 0.5, 1.0, torch.tensor([0.1]))
+    want = row[0, 3].double() - torch.logsumexp(row.double(), dim=-1)
+    torch.testing.assert_close(logprobs.double(), want, atol=2e-6, rtol=0)
+
+
+def test_the_fused_draw_steps_aside_where_torch_should_run():
+    logits, uniforms = torch.randn(4, 300), torch.rand(4)
+    assert native.topk_sample(logits, 50, 0.7, 0.7, uniforms) is not None or native.isa() != 2
+    nan, infinite, empty = logits.clone(), logits.clone(), logits.clone()
+    nan[2, 0], infinite[1, 7] = float("nan"), float("inf")
+    empty[3] = -float("inf")
+    for case in (nan, infinite, empty):
+        assert native.topk_sample(case, 5, 1.0, 1.0, uniforms) is None
+    assert native.topk_sample(logits, 5, 1.0, 1.0, uniforms.double()) is None
+    assert native.topk_sample(logits, native.MAX_KEPT + 1, 1.0, 1.0, uniforms) is None
+    with native.disabled():
+        assert native.topk_sample(logits, 5, 1.0, 1.0, uniforms) is None
+    calls = []
+    count = lambda *a: calls.append(1)  # noqa: E731
+    for sampling in (SamplingConfig(temperature=1.0, top_k=20, top_p=0.9), SamplingConfig(greedy=True, top_k=5)):
+        sample_tokens(logits, sampling, uniforms, native.topk_lse, count)
+    assert not calls  # top-p and greedy draw on torch's ops
+
+
+def test_the_fused_draw_equals_torchs_draw():
+    if native.isa() != 2:
+        pytest.skip("the kernel samples only with AVX2")
+    gen = torch.Generator().manual_seed(4)
+    for trial in range(4):
+        logits = torch.randn(16, 5000, generator=gen) * 3
+        logits[:, :40] = -float("inf") if trial == 0 else logits[:, :40]
+        for sampling in (SamplingConfig(temperature=0.5, top_k=50), SamplingConfig(temperature=1.3, top_k=256),
+                         SamplingConfig(temperature=0.8, top_k=8, logprob_temperature=1.0)):
+            uniforms = row_uniforms(torch.arange(16) + 100 * trial, trial)
+            want = sample_tokens(logits, sampling, uniforms, native.topk_lse)
+            got = sample_tokens(logits, sampling, uniforms, native.topk_lse, native.topk_sample)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[3], want[3])
+            torch.testing.assert_close(got[1], want[1], atol=0, rtol=0)
+            torch.testing.assert_close(got[2], want[2], atol=1e-6, rtol=0)
+
+
 def test_a_rows_uniforms_for_every_step_at_once_are_its_uniforms_step_by_step():
     seeds = torch.tensor([0, 1, 2 ** 62 + 5, 2 ** 63 - 1, 12345678901234])
     table = row_uniforms(seeds[:, None], torch.arange(40))
@@ -97,8 +154,9 @@ def test_a_rows_uniforms_for_every_step_at_once_are_its_uniforms_step_by_step():
 @pytest.mark.parametrize("engine", ["eager", "static"])
 def test_rollouts_with_the_kernel_equal_those_on_torchs_ops(engine, tokenizer, monkeypatch):
     calls = []
-    kernel = native.topk_lse
-    monkeypatch.setattr(native, "topk_lse", lambda *a: calls.append(1) or kernel(*a))
+    for name in ("topk_lse", "topk_sample"):  # the draw without top-p runs topk_sample, which makes topk_lse's passes
+        kernel = getattr(native, name)
+        monkeypatch.setattr(native, name, lambda *a, kernel=kernel: calls.append(1) or kernel(*a))
     model = with_random_lora(build_tiny_model("llama", len(tokenizer)))
     ids, mask = left_pad([[5, 6, 7, 8, 9], [10, 11]], tokenizer.pad_token_id)
     kw = dict(gate=None, matcher=None, eos_token_ids=[2], pad_token_id=tokenizer.pad_token_id,

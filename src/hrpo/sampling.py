@@ -266,7 +266,7 @@ def fed_back_vectors(mode: str, kept_probs: torch.Tensor, kept_ids: torch.Tensor
 
 
 def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig, uniforms: torch.Tensor | None = None,
-                  topk_lse=None):
+                  topk_lse=None, draw=None):
     """Draw one token per row from last-position ``logits`` (B, V) by inverse CDF with ``uniforms`` (B,) in [0,1).
 
     Returns ``(tokens (B,), logprobs (B,) fp32, kept_probs (B, k) fp32, kept_ids (B, k))``: the kept
@@ -275,10 +275,16 @@ def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig, uniforms: torc
     None only when ``sampling.greedy``. ``topk_lse``: a function ``(logits, k, T) -> (kept_logits (B, k),
     kept_ids (B, k), logsumexp(logits / T) (B,))`` or None that makes the passes over the whole vocabulary
     instead of torch.topk and torch.logsumexp (e.g. :func:`hrpo.engines.native.topk_lse`; an engine passes one
-    to all its loops, since torch.topk leaves ties in no set order).
+    to all its loops, since torch.topk leaves ties in no set order). ``draw``: a function ``(logits, k, T,
+    logprob T, uniforms) -> (tokens, logprobs, kept_probs, kept_ids)`` or None that makes the whole draw without
+    top-p (e.g. :func:`hrpo.engines.native.topk_sample`, whose passes must be ``topk_lse``'s), else None.
     """
     k = kept_count(sampling, logits.shape[-1])
     lp_temp = sampling.logprob_temperature or sampling.temperature
+    if draw is not None and not sampling.greedy and sampling.top_p >= 1.0:
+        drawn = draw(logits, k, sampling.temperature, lp_temp, uniforms)
+        if drawn is not None:
+            return drawn
     fused = None if topk_lse is None else topk_lse(logits, k, lp_temp)
     if fused is None:
         # select in the logits' own dtype (same order as the fp32 scores: dividing by T > 0 is monotonic and keeps

@@ -693,6 +693,31 @@ AVX2 static double sum_exp_avx2(const float *row, int64_t V, float scale, float 
 }
 #endif
 
+/* row's (V,) k (<= V) largest values and their ids (see hrpo_topk_lse) into kept/ids (k,) and *lse; returns 1 if
+ * the row holds a NaN, 2 if its largest value is infinite (*lse is then that value), else 0 */
+INLINE int row_topk_lse(const float *row, int64_t V, int64_t k, float lse_temperature, float *kept, int64_t *ids,
+                        float *lse, int isa) {
+    int nan;
+#ifdef HAVE_AVX2
+    if (isa == 2) nan = top_avx2(row, V, k, kept, ids);
+    else
+#endif
+    nan = top_plain(row, V, k, kept, ids);
+    float scale = 1.0f / lse_temperature, top = kept[0] * scale;
+    if (nan || top == -INFINITY || top == INFINITY) {
+        *lse = top;
+        return nan ? 1 : 2;
+    }
+    double sum;
+#ifdef HAVE_AVX2
+    if (isa == 2) sum = sum_exp_avx2(row, V, scale, top);
+    else
+#endif
+    sum = sum_exp(row, V, scale, top);
+    *lse = top + (float)log(sum);
+    return 0;
+}
+
 /* For each row b of logits (B, V): its k (<= V) largest values and their ids, sorted by value descending and
  * by id ascending among equal values, into values/ids (B, k); and lse[b] = log sum_i e^(logits[b, i] / T) with
  * T = lse_temperature (the logits times 1 / T, e^x to about 2 ulp, fp32 sums of 512 added in double).
@@ -701,30 +726,54 @@ int64_t hrpo_topk_lse(const float *logits, int64_t B, int64_t V, int64_t k, floa
                       int64_t *ids, float *lse, int isa, int threads) {
     int64_t nans = 0;
     #pragma omp parallel for num_threads(threads) schedule(static) reduction(+:nans)
+    for (int64_t b = 0; b < B; b++)
+        nans += row_topk_lse(logits + b * V, V, k, lse_temperature, values + b * k, ids + b * k, lse + b, isa) == 1;
+    return nans;
+}
+
+/* sample_tokens' draw of one row from its k kept logits `kept` (sorted descending, kept[0] finite), in place:
+ * kept <- softmax(kept / T) in fp32 (e^x to about 2 ulp, a logit of -inf gives 0, times 1 / sum as torch's
+ * softmax does), its cumulative sums in double rounded to fp32 (as torch.cumsum on a CPU), and the draw: the
+ * first kept index whose cumulative sum reaches u times the last one (at most k - 1). Returns the index. */
+INLINE int64_t draw_kept(float *kept, int64_t k, float temperature, float u) {
+    float top = kept[0] / temperature, sum = 0.0f;
+    for (int64_t j = 0; j < k; j++) {
+        float z = kept[j] / temperature;
+        kept[j] = z == -INFINITY ? 0.0f : exp_approx(z - top);
+        sum += kept[j];
+    }
+    float inverse = 1.0f / sum;
+    double total = 0.0;
+    for (int64_t j = 0; j < k; j++) total += kept[j] *= inverse;
+    float target = u * (float)total;
+    double running = 0.0;
+    int64_t below = 0;
+    for (int64_t j = 0; j < k; j++) below += (float)(running += kept[j]) < target;
+    return below < k - 1 ? below : k - 1;
+}
+
+/* hrpo_topk_lse and then sample_tokens' draw without top-p (hrpo/sampling.py): for each row b, with uniforms[b]
+ * in [0, 1), probs (B, k) = softmax(kept logits / temperature) (draw_kept), ids (B, k) the kept ids, tokens[b]
+ * the drawn id and logprobs[b] = logits[b, token] / lse_temperature - lse[b] (fp32 division, as torch's).
+ * Returns the number of rows holding a NaN or an infinite largest logit (their outputs are unspecified: the
+ * caller then uses torch's ops). */
+int64_t hrpo_topk_sample(const float *logits, int64_t B, int64_t V, int64_t k, float temperature,
+                         float lse_temperature, const float *uniforms, float *probs, int64_t *ids, int64_t *tokens,
+                         float *logprobs, int isa, int threads) {
+    int64_t skipped = 0;
+    #pragma omp parallel for num_threads(threads) schedule(static) reduction(+:skipped)
     for (int64_t b = 0; b < B; b++) {
         const float *row = logits + b * V;
-        float *kept = values + b * k;
-        int nan;
-        double sum;
-#ifdef HAVE_AVX2
-        if (isa == 2) nan = top_avx2(row, V, k, kept, ids + b * k);
-        else
-#endif
-        nan = top_plain(row, V, k, kept, ids + b * k);
-        float scale = 1.0f / lse_temperature, top = kept[0] * scale;
-        if (nan || top == -INFINITY || top == INFINITY) {
-            lse[b] = top;
-            nans += nan;
+        float lse;
+        if (row_topk_lse(row, V, k, lse_temperature, probs + b * k, ids + b * k, &lse, isa)) {
+            skipped++;
             continue;
         }
-#ifdef HAVE_AVX2
-        if (isa == 2) sum = sum_exp_avx2(row, V, scale, top);
-        else
-#endif
-        sum = sum_exp(row, V, scale, top);
-        lse[b] = top + (float)log(sum);
+        int64_t token = ids[b * k + draw_kept(probs + b * k, k, temperature, uniforms[b])];
+        tokens[b] = token;
+        logprobs[b] = row[token] / lse_temperature - lse;
     }
-    return nans;
+    return skipped;
 }
 
 /* ---- The hybrid step's small ops (hrpo/gate.py): the latent of the kept distribution and the gated mix. ---- */

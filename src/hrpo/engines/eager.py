@@ -70,9 +70,10 @@ def generate_eager(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s
     state = torch.zeros(batch, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     uniforms = row_uniforms(row_seeds[:, None], torch.arange(max_new, device=device))  # (B, N): one per step
-    topk_lse = native.sampling_passes(device)
+    topk_lse, fused_draw = native.sampling_passes(device), native.sampling_draw(device)
     for step in range(max_new):
-        tokens, logprobs, kept_probs, kept_ids = sample_tokens(last_logits, sampling, uniforms[:, step], topk_lse)
+        tokens, logprobs, kept_probs, kept_ids = sample_tokens(last_logits, sampling, uniforms[:, step], topk_lse,
+                                                               fused_draw)
         if family:
             in_span = ~finished & (state < matcher.done_state)
             drawn = draw(mode, latent, sampling, last_logits, tokens, logprobs, kept_probs, kept_ids, row_seeds,

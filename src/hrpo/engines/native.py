@@ -92,6 +92,9 @@ def library() -> ctypes.CDLL | None:
     lib.hrpo_topk_lse.argtypes = [pointer, size, size, size, ctypes.c_float, pointer, pointer, pointer, ctypes.c_int,
                                   ctypes.c_int]
     lib.hrpo_topk_lse.restype = size
+    lib.hrpo_topk_sample.argtypes = [pointer, size, size, size, ctypes.c_float, ctypes.c_float, pointer, pointer,
+                                     pointer, pointer, pointer, ctypes.c_int, ctypes.c_int]
+    lib.hrpo_topk_sample.restype = size
     lib.hrpo_topk_latent.argtypes = [pointer, pointer, size, size, pointer, size, pointer, ctypes.c_int]
     lib.hrpo_topk_latent.restype = None
     lib.hrpo_gated_mix.argtypes = [pointer, pointer, pointer, pointer, size, size, pointer, pointer, ctypes.c_int]
@@ -149,12 +152,42 @@ def topk_lse(logits: torch.Tensor, k: int, lse_temperature: float):
     return None if nans else (values, ids, lse)
 
 
+def topk_sample(logits: torch.Tensor, k: int, temperature: float, lse_temperature: float, uniforms: torch.Tensor):
+    """:func:`hrpo.sampling.sample_tokens` without top-p in one call, for logits (B, V) fp32 on a CPU and
+    ``uniforms`` (B,) fp32: ``(tokens (B,), logprobs (B,), kept_probs (B, k), kept_ids (B, k))``, the kept logits
+    and the log-sum-exp as :func:`topk_lse` finds them, kept_probs = softmax(kept / temperature) with this
+    kernel's e^x (to about 2 ulp of torch's), the draw and the log-probs as sample_tokens makes them. None where
+    :func:`topk_lse` steps aside or a row's largest logit is infinite: the caller then uses torch's ops."""
+    if (_OFF[0] or logits.device.type != "cpu" or logits.dtype != torch.float32 or logits.dim() != 2
+            or not 0 < k <= min(MAX_KEPT, logits.shape[1]) or logits.requires_grad or isa() != 2
+            or uniforms.shape != logits.shape[:1] or uniforms.dtype != torch.float32 or uniforms.device.type != "cpu"
+            or library() is None):
+        return None
+    logits, uniforms = logits.contiguous(), uniforms.contiguous()
+    batch = logits.shape[0]
+    probs, ids = torch.empty(batch, k), torch.empty(batch, k, dtype=torch.long)
+    tokens, logprobs = torch.empty(batch, dtype=torch.long), torch.empty(batch)
+    skipped = library().hrpo_topk_sample(logits.data_ptr(), batch, logits.shape[1], k, temperature, lse_temperature,
+                                         uniforms.data_ptr(), probs.data_ptr(), ids.data_ptr(), tokens.data_ptr(),
+                                         logprobs.data_ptr(), isa(), torch.get_num_threads())
+    return None if skipped else (tokens, logprobs, probs, ids)
+
+
 def sampling_passes(device: torch.device):
     """What the engines pass as :func:`hrpo.sampling.sample_tokens`'s ``topk_lse`` on ``device``: :func:`topk_lse`
     on a CPU where :data:`OPTIONS` ``.native_sampling`` asks, else None: torch's ops, also while torch.compile
     traces the step (a foreign call would break its graph)."""
-    usable = OPTIONS.native_sampling and device.type == "cpu" and not torch.compiler.is_compiling()
-    return topk_lse if usable else None
+    return topk_lse if _native_sampling(device) else None
+
+
+def sampling_draw(device: torch.device):
+    """What the engines pass as :func:`hrpo.sampling.sample_tokens`'s ``draw`` on ``device``: :func:`topk_sample`
+    where :func:`sampling_passes` gives :func:`topk_lse`, else None."""
+    return topk_sample if _native_sampling(device) else None
+
+
+def _native_sampling(device: torch.device) -> bool:
+    return OPTIONS.native_sampling and device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _plain(tensors, dtype=torch.float32) -> bool:

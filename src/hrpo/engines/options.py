@@ -29,7 +29,8 @@ class GraphOptions:
     # step in one call of hrpo's kernel (hrpo.engines.native.DecodeLayers) instead of about 35 aten ops a layer
     native_layers: bool = True
     # the engines' sampling on a CPU in fp32 with AVX2: top-k and the log-sum-exp over the vocabulary in one call of
-    # hrpo's kernel (hrpo.engines.native.topk_lse) instead of torch.topk and torch.logsumexp (about 7x faster)
+    # hrpo's kernel (hrpo.engines.native.topk_lse) instead of torch.topk and torch.logsumexp (about 7x faster), and
+    # without top-p the whole draw in that call (hrpo.engines.native.topk_sample)
     native_sampling: bool = True
     # the static engine's hybrid step on a CPU in fp32 with AVX2: the latent of the kept top-k and the gate's mix in
     # hrpo's kernels (hrpo.engines.native.topk_latent, gated_mix) instead of about 15 aten ops

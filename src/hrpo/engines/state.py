@@ -107,9 +107,10 @@ def sample_into(state: DecodeState, spec: StepSpec, embed) -> tuple[torch.Tensor
     """Sample step t from ``state.logits`` and record it in column t; returns (tokens, vectors, thinking)."""
     t = state.step
     column = t.view(1)
+    device = state.logits.device
     tokens, logprobs, kept_probs, kept_ids = sample_tokens(state.logits, spec.sampling,
                                                            state.uniforms.index_select(1, column)[:, 0],
-                                                           native.sampling_passes(state.logits.device))
+                                                           native.sampling_passes(device), native.sampling_draw(device))
     real = ~state.finished
     vocab = state.logits.shape[-1]
     family, dense = spec.mode in FAMILY_MODES, kept_count(spec.sampling, vocab) == vocab
