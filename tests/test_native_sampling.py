@@ -1,7 +1,8 @@
 """hrpo's kernels for a decode step's small ops (hrpo/engines/cpu_kernels.c via hrpo.engines.native): sampling's
 top-k and log-sum-exp (the k largest logits against torch.topk and a hand-ordered tie, the log-sum-exp against
-fp64, where it steps aside), the whole draw without top-p (by hand and against torch's), the hybrid step's latent and gate mix against hrpo.gate, and the engines' rollouts
-with them against the same rollouts on torch's ops."""
+fp64, where it steps aside), the whole draw without top-p (by hand and against torch's), the hybrid step's
+latent, gate mix and whole input against hrpo.gate, and the engines' rollouts with them against the same
+rollouts on torch's ops."""
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ import torch
 from conftest import assert_same_rollout, build_tiny_model, with_random_lora
 from hrpo import HybridGate, SamplingConfig, generate
 from hrpo.engines import native, options
-from hrpo.gate import gated_mix, topk_latent_embeddings
+from hrpo.engines.weights import concatenated_gate
+from hrpo.gate import gated_mix, mix_inputs, topk_latent_embeddings
 from hrpo.sampling import marker_matcher, row_uniforms, sample_tokens
 from hrpo.text import left_pad
 
@@ -199,9 +201,36 @@ def test_the_mix_kernel_equals_the_gates_mix():
     torch.testing.assert_close(a, want_a, atol=1e-6, rtol=1e-5)
 
 
+def test_the_gate_inputs_kernel_equals_the_gates_mix_inputs():
+    if native.isa() != 2:
+        pytest.skip("the hybrid kernels run only with AVX2")
+    gen = torch.Generator().manual_seed(7)
+    gate = HybridGate(37)
+    torch.nn.init.normal_(gate.Lambda, std=2.0, generator=gen)
+    torch.nn.init.normal_(gate.gate_r.weight, std=0.5, generator=gen)  # pre-activations far from 0
+    torch.nn.init.normal_(gate.gate_i.bias, std=1.0, generator=gen)
+    e, latents = torch.randn(5, 1, 37, generator=gen), torch.randn(5, 1, 37, generator=gen)
+    thinking = torch.tensor([[True], [False], [True], [True], [False]])
+    with torch.no_grad():
+        stacked = concatenated_gate(gate)
+        got = native.gate_inputs(e, latents, thinking, stacked.weight, stacked.bias, gate.Lambda, gate.c)
+        want = mix_inputs(gate, e, latents, thinking)
+        via_gate = stacked.mix_inputs(e, latents, thinking)  # the engines' call: the kernel where it applies
+    assert torch.equal(via_gate[0], got[0]) and torch.equal(via_gate[1], got[1])
+    torch.testing.assert_close(got[0], want[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got[1], want[1], atol=1e-6, rtol=1e-5)
+    assert torch.equal(got[0][~thinking[:, 0]], e[~thinking[:, 0]]) and got[1][~thinking].tolist() == [1.0, 1.0]
+    assert got[1][thinking].lt(1.0).all()  # the mix took latent information where thinking
+    with torch.no_grad():
+        assert native.gate_inputs(e.double(), latents.double(), thinking, stacked.weight.double(),
+                                  stacked.bias.double(), gate.Lambda.double(), gate.c) is None
+        assert native.gate_inputs(e, latents, thinking.long(), stacked.weight, stacked.bias, gate.Lambda,
+                                  gate.c) is None
+
+
 def test_the_static_hybrid_step_runs_the_kernels_and_equals_the_aten_step(tokenizer, monkeypatch):
     calls = []
-    for name in ("topk_latent", "gated_mix"):
+    for name in ("topk_latent", "gate_inputs"):
         kernel = getattr(native, name)
         def counted(*args, kernel=kernel, name=name):
             out = kernel(*args)
@@ -217,7 +246,7 @@ def test_the_static_hybrid_step_runs_the_kernels_and_equals_the_aten_step(tokeni
     sampling = SamplingConfig(max_new_tokens=12, temperature=0.7, top_k=50)
     fast = generate(model, ids, mask, sampling, **kw)
     assert fast.thinking_mask.any()
-    assert native.isa() != 2 or {"topk_latent", "gated_mix"} <= set(calls)
+    assert native.isa() != 2 or {"topk_latent", "gate_inputs"} <= set(calls)
     monkeypatch.setattr(options.OPTIONS, "native_hybrid", False)
     calls.clear()
     assert_same_rollout(fast, generate(model, ids, mask, sampling, **kw), atol=1e-5)

@@ -778,25 +778,58 @@ int64_t hrpo_topk_sample(const float *logits, int64_t B, int64_t V, int64_t k, f
 
 /* ---- The hybrid step's small ops (hrpo/gate.py): the latent of the kept distribution and the gated mix. ---- */
 
+/* row b of hrpo_topk_latent: o (H,) = sum_j p[j] E[ids[j]] / max(||p||_2, 1e-12) */
+INLINE void latent_row_plain(const float *p, const int64_t *ids, int64_t k, const float *E, int64_t H, float *o) {
+    float squares = 0.0f;
+    for (int64_t i = 0; i < H; i++) o[i] = 0.0f;
+    for (int64_t j = 0; j < k; j++) {
+        const float *row = E + ids[j] * H, pj = p[j];
+        squares += pj * pj;
+        #pragma omp simd
+        for (int64_t i = 0; i < H; i++) o[i] += pj * row[i];
+    }
+    float norm = sqrtf(squares);
+    norm = norm > 1e-12f ? norm : 1e-12f;
+    #pragma omp simd
+    for (int64_t i = 0; i < H; i++) o[i] /= norm;
+}
+
+#ifdef HAVE_AVX2
+/* latent_row_plain eight elements at a time, the next embedding row prefetched while one is added (the rows are
+ * scattered over the table: without it each waits for memory) */
+AVX2 static void latent_row_avx2(const float *p, const int64_t *ids, int64_t k, const float *E, int64_t H,
+                                 float *o) {
+    float squares = 0.0f;
+    int64_t whole = H / 8 * 8;
+    for (int64_t i = 0; i < H; i++) o[i] = 0.0f;
+    for (int64_t j = 0; j < k; j++) {
+        const float *row = E + ids[j] * H, pj = p[j];
+        if (j + 1 < k)
+            for (int64_t i = 0; i < H; i += 16) __builtin_prefetch(E + ids[j + 1] * H + i, 0, 3);
+        squares += pj * pj;
+        __m256 weight = _mm256_set1_ps(pj);
+        int64_t i = 0;
+        for (; i < whole; i += 8)
+            _mm256_storeu_ps(o + i, _mm256_fmadd_ps(weight, _mm256_loadu_ps(row + i), _mm256_loadu_ps(o + i)));
+        for (; i < H; i++) o[i] += pj * row[i];
+    }
+    float norm = sqrtf(squares);
+    norm = norm > 1e-12f ? norm : 1e-12f;
+    for (int64_t i = 0; i < H; i++) o[i] /= norm;
+}
+#endif
+
 /* out (B, H) = sum_j probs[b, j] E[ids[b, j]] / max(||probs[b]||_2, 1e-12): topk_latent_embeddings over the
  * embedding rows E (V, H) */
 void hrpo_topk_latent(const float *probs, const int64_t *ids, int64_t B, int64_t k, const float *E, int64_t H,
-                      float *out, int threads) {
+                      float *out, int isa, int threads) {
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t b = 0; b < B; b++) {
-        const float *p = probs + b * k;
-        float *o = out + b * H, squares = 0.0f;
-        for (int64_t i = 0; i < H; i++) o[i] = 0.0f;
-        for (int64_t j = 0; j < k; j++) {
-            const float *row = E + ids[b * k + j] * H, pj = p[j];
-            squares += pj * pj;
-            #pragma omp simd
-            for (int64_t i = 0; i < H; i++) o[i] += pj * row[i];
-        }
-        float norm = sqrtf(squares);
-        norm = norm > 1e-12f ? norm : 1e-12f;
-        #pragma omp simd
-        for (int64_t i = 0; i < H; i++) o[i] /= norm;
+#ifdef HAVE_AVX2
+        if (isa == 2) latent_row_avx2(probs + b * k, ids + b * k, k, E, H, out + b * H);
+        else
+#endif
+        latent_row_plain(probs + b * k, ids + b * k, k, E, H, out + b * H);
     }
 }
 
@@ -845,5 +878,27 @@ void hrpo_gated_mix(const float *e, const float *h, const float *logits, const f
         if (isa == 2) n = mix_avx2(eb, hb, r, i, decay, H, mb, ab);
 #endif
         for (; n < H; n++) mix_one(eb[n], hb[n], r[n], i[n], decay[n], mb + n, ab + n);
+    }
+}
+
+/* the hybrid step's input (hrpo/gate.py mix_inputs) for token embeddings e and latents h (B, H) and thinking (B,):
+ * the gate's pre-activations W e + bias (W (2H, H), hrpo_linear's products) into work (B, 3H), where thinking[b]
+ * inputs[b] = the mix of hrpo_gated_mix and mean_a[b] = the mean of its a over H (a sum in fp32), elsewhere
+ * inputs[b] = e[b] and mean_a[b] = 1 */
+void hrpo_gate_inputs(const float *e, const float *h, const uint8_t *thinking, const float *W, const float *bias,
+                      const float *decay, int64_t B, int64_t H, float *work, float *inputs, float *mean_a, int isa,
+                      int threads) {
+    float *logits = work, *a = work + B * 2 * H;
+    hrpo_linear(e, B, H, W, bias, logits, 2 * H, isa, threads);
+    for (int64_t b = 0; b < B; b++) {
+        if (!thinking[b]) {
+            memcpy(inputs + b * H, e + b * H, (size_t)H * sizeof(float));
+            mean_a[b] = 1.0f;
+            continue;
+        }
+        hrpo_gated_mix(e + b * H, h + b * H, logits + b * 2 * H, decay, 1, H, inputs + b * H, a + b * H, isa);
+        float sum = 0.0f;
+        for (int64_t n = 0; n < H; n++) sum += a[b * H + n];
+        mean_a[b] = sum / (float)H;
     }
 }

@@ -95,10 +95,14 @@ def library() -> ctypes.CDLL | None:
     lib.hrpo_topk_sample.argtypes = [pointer, size, size, size, ctypes.c_float, ctypes.c_float, pointer, pointer,
                                      pointer, pointer, pointer, ctypes.c_int, ctypes.c_int]
     lib.hrpo_topk_sample.restype = size
-    lib.hrpo_topk_latent.argtypes = [pointer, pointer, size, size, pointer, size, pointer, ctypes.c_int]
+    lib.hrpo_topk_latent.argtypes = [pointer, pointer, size, size, pointer, size, pointer, ctypes.c_int,
+                                     ctypes.c_int]
     lib.hrpo_topk_latent.restype = None
     lib.hrpo_gated_mix.argtypes = [pointer, pointer, pointer, pointer, size, size, pointer, pointer, ctypes.c_int]
     lib.hrpo_gated_mix.restype = None
+    lib.hrpo_gate_inputs.argtypes = [pointer, pointer, pointer, pointer, pointer, pointer, size, size, pointer,
+                                     pointer, pointer, ctypes.c_int, ctypes.c_int]
+    lib.hrpo_gate_inputs.restype = None
     return lib
 
 
@@ -214,7 +218,7 @@ def topk_latent(kept_probs: torch.Tensor, kept_ids: torch.Tensor, embedding: tor
     batch, k = kept_probs.shape
     out = torch.empty(batch, embedding.shape[1])
     library().hrpo_topk_latent(kept_probs.data_ptr(), kept_ids.data_ptr(), batch, k, embedding.data_ptr(),
-                               embedding.shape[1], out.data_ptr(), torch.get_num_threads())
+                               embedding.shape[1], out.data_ptr(), isa(), torch.get_num_threads())
     return out
 
 
@@ -230,6 +234,26 @@ def gated_mix(e: torch.Tensor, latents: torch.Tensor, logits: torch.Tensor, Lamb
     library().hrpo_gated_mix(e.data_ptr(), latents.data_ptr(), logits.data_ptr(), decay.data_ptr(),
                              e.numel() // hidden, hidden, mixed.data_ptr(), a.data_ptr(), isa())
     return mixed, a
+
+
+def gate_inputs(e: torch.Tensor, latents: torch.Tensor, thinking: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor, Lambda: torch.Tensor, c: float):
+    """:func:`hrpo.gate.mix_inputs` in one call for token embeddings ``e`` and ``latents`` (B, 1, H) fp32, the
+    bool ``thinking`` (B, 1) and the gate's stacked projections ``weight`` (2H, H) and ``bias`` (2H,) (r then
+    i, :class:`hrpo.engines.weights.ConcatenatedGate`) with its ``Lambda`` (H,) and ``c``: ``(inputs (B, 1, H),
+    mean_a (B, 1))`` fp32, the mix where thinking and e elsewhere; None where it does not apply (as for
+    :func:`topk_latent`)."""
+    if not (_hybrid_ops((e, latents, weight, bias, Lambda)) and thinking.dtype == torch.bool
+            and thinking.is_contiguous() and e.dim() == 3 and e.shape[1] == 1 and latents.shape == e.shape and thinking.shape == e.shape[:2]
+            and weight.shape == (2 * e.shape[2], e.shape[2])):
+        return None
+    batch, _, hidden = e.shape
+    decay = c * torch.nn.functional.softplus(-Lambda)  # (H,): a = e^(-decay r)
+    work, inputs, mean_a = torch.empty(batch, 3 * hidden), torch.empty_like(e), torch.empty(batch, 1)
+    library().hrpo_gate_inputs(e.data_ptr(), latents.data_ptr(), thinking.data_ptr(), weight.data_ptr(),
+                               bias.data_ptr(), decay.data_ptr(), batch, hidden, work.data_ptr(), inputs.data_ptr(),
+                               mean_a.data_ptr(), isa(), torch.get_num_threads())
+    return inputs, mean_a
 
 
 class _Layer(ctypes.Structure):  # hrpo_layer of cpu_kernels.c

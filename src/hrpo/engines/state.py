@@ -16,7 +16,7 @@ from ..sampling import (MarkerMatcher, Rollout, SamplingConfig, fed_back_vectors
                         row_uniforms, sample_tokens)
 from . import native
 from .layers import Modules, decoder_layer, decoder_layers, forward, last_logits
-from .weights import DecodeWeights
+from .weights import ConcatenatedGate, DecodeWeights
 
 
 @dataclass
@@ -162,8 +162,11 @@ def next_inputs(state: DecodeState, spec: StepSpec, embed) -> torch.Tensor:
     """Sample step t, record it, and return the input embedding (B, 1, H) it is fed back as."""
     tokens, vectors, thinking = sample_into(state, spec, embed)
     token_embeds = embed(tokens[:, None])
-    inputs, mean_a = thinking_inputs(spec.mode, spec.gate, token_embeds,
-                                     None if vectors is None else vectors[:, None], thinking[:, None])
+    if spec.mode == "hybrid" and isinstance(spec.gate, ConcatenatedGate) and vectors is not None:
+        inputs, mean_a = spec.gate.mix_inputs(token_embeds, vectors[:, None], thinking[:, None])
+    else:
+        inputs, mean_a = thinking_inputs(spec.mode, spec.gate, token_embeds,
+                                         None if vectors is None else vectors[:, None], thinking[:, None])
     state.gate_mean.index_copy_(1, state.step.view(1), mean_a)
     return inputs.to(token_embeds.dtype)
 

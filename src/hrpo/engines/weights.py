@@ -15,7 +15,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from ..gate import HybridGate, gated_mix
+from ..gate import HybridGate, gated_mix, mix_inputs
 from . import native
 from .options import OPTIONS
 
@@ -336,6 +336,16 @@ class ConcatenatedGate:
             return fused
         r_logits, i_logits = logits.chunk(2, dim=-1)
         return gated_mix(e, latents, r_logits, i_logits, self.gate.Lambda, self.gate.c, token_embeds.dtype)
+
+    def mix_inputs(self, token_embeds: torch.Tensor, latents: torch.Tensor,
+                   thinking_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`hrpo.gate.mix_inputs` with this gate: ``(inputs_embeds (B, T, H), mean_a (B, T))``, in one call
+        of hrpo's kernel where it applies (fp32, one step: :func:`hrpo.engines.native.gate_inputs`)."""
+        fused = None
+        if token_embeds.dtype == torch.float32:
+            fused = native.gate_inputs(token_embeds, latents, thinking_mask, self.weight, self.bias,
+                                       self.gate.Lambda, self.gate.c)
+        return fused if fused is not None else mix_inputs(self, token_embeds, latents, thinking_mask)
 
 
 def concatenated_gate(gate: HybridGate, into: ConcatenatedGate | None = None) -> ConcatenatedGate:
