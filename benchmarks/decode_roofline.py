@@ -21,6 +21,11 @@ the step far more than they lower the measured rates).
 (Linux's /proc/stat; null elsewhere): a shared host slows the step through its cores' and caches' other tenants,
 which this share shows only in part.
 
+``outside_layers_ms`` (per mode) is the median time between one step's call of the layers
+(``hrpo.engines.native.DecodeLayers``: every decoder layer and the LM head) and the next one's, over one more
+rollout after the pairs: the step's part in Python (sampling, bookkeeping, the next input), which runs right
+after 560 MB of weights went through the caches (see ``benchmarks/cold_ops.py``).
+
 The modes take turns, pair by pair, and ``hybrid_rollout_cost_over_discrete`` is the median over the repeats of
 a hybrid rollout of --new-tokens + 4 tokens over the discrete one next to it, minus 1.
 """
@@ -87,6 +92,29 @@ def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def outside_layers_ms(rollout, mode: str, new_tokens: int) -> float | None:
+    """The median ms between the end of one step's ``DecodeLayers`` call and the start of the next one's, over a
+    rollout of ``new_tokens`` (``rollout(mode, n)``); None where the layers' kernel did not run."""
+    from hrpo.engines import native
+
+    calls = []
+    original = native.DecodeLayers.__call__
+
+    def timed(self, *args):
+        start = time.perf_counter()
+        out = original(self, *args)
+        calls.append((start, time.perf_counter()))
+        return out
+
+    native.DecodeLayers.__call__ = timed
+    try:
+        rollout(mode, new_tokens)
+    finally:
+        native.DecodeLayers.__call__ = original
+    gaps = [later[0] - earlier[1] for earlier, later in zip(calls, calls[1:])]
+    return statistics.median(gaps) * 1e3 if gaps else None
 
 
 def step_cost(weights, batch: int, group: int, prompt_len: int, new_tokens: int) -> dict:
@@ -182,6 +210,7 @@ def main() -> None:
         lowest = min(r["roofline_ms"] for r in runs[mode])
         report[mode]["best"] = {"step_ms": best_s * 1e3, "roofline_ms": lowest, "ratio": best_s * 1e3 / lowest}
         report[mode]["runs"] = runs[mode]
+        report[mode]["outside_layers_ms"] = outside_layers_ms(rollout, mode, args.new_tokens + 4)
     if "discrete" in runs and "hybrid" in runs:  # a whole rollout of new_tokens + 4 tokens, pair by pair
         report["hybrid_rollout_cost_over_discrete"] = statistics.median(
             h["long_s"] / d["long_s"] - 1.0 for h, d in zip(runs["hybrid"], runs["discrete"]))
