@@ -181,7 +181,13 @@ def test_the_latent_kernel_equals_the_gathered_latent():
     ids = torch.randint(0, 300, (6, 9), generator=gen)
     with torch.no_grad():
         got = native.topk_latent(probs, ids, embedding)
-        torch.testing.assert_close(got, topk_latent_embeddings(probs, embedding[ids]), atol=1e-6, rtol=1e-5)
+        want = topk_latent_embeddings(probs, embedding[ids])
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+        for path in PATHS:  # plain C and AVX2 (H = 37: eight lanes and a tail)
+            out = torch.full((6, 37), float("nan"))
+            native.library().hrpo_topk_latent(probs.data_ptr(), ids.data_ptr(), 6, 9, embedding.data_ptr(), 37,
+                                              out.data_ptr(), path, 2)
+            torch.testing.assert_close(out, want, atol=1e-6, rtol=1e-5)
         assert native.topk_latent(probs.double(), ids, embedding.double()) is None
     assert native.topk_latent(probs, ids, embedding) is None  # grad on: the step runs under no_grad only
 

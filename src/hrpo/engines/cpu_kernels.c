@@ -1,7 +1,8 @@
 /* hrpo's CPU kernels for a decode step in fp32: the product of a few rows with a weight matrix,
  * y (M, N) = x (M, K) W (N, K)^T + bias (hrpo_linear), every decoder layer of one step and then its logits in one
- * call (hrpo_decode_layers), sampling's passes over the vocabulary: top-k and the log-sum-exp (hrpo_topk_lse), and the
- * hybrid step's latent and gate mix (hrpo_topk_latent, hrpo_gated_mix).
+ * call (hrpo_decode_layers), sampling's passes over the vocabulary: top-k and the log-sum-exp (hrpo_topk_lse), and
+ * the whole draw (hrpo_topk_sample), and the hybrid step's latent, gate mix and input (hrpo_topk_latent,
+ * hrpo_gated_mix, hrpo_gate_inputs).
  *
  * A decode step multiplies a handful of rows by every weight of the model once, so it is bound by how fast the
  * weights stream from memory. Each thread walks a contiguous range of W's rows (output columns), two at a time
@@ -693,8 +694,9 @@ AVX2 static double sum_exp_avx2(const float *row, int64_t V, float scale, float 
 }
 #endif
 
-/* row's (V,) k (<= V) largest values and their ids (see hrpo_topk_lse) into kept/ids (k,) and *lse; returns 1 if
- * the row holds a NaN, 2 if its largest value is infinite (*lse is then that value), else 0 */
+/* the k (<= V) largest values of row (V,) and their ids into kept/ids (k,), and its log-sum-exp into *lse (as
+ * hrpo_topk_lse describes); returns 1 if the row holds a NaN, 2 if its largest value is infinite (*lse is then
+ * that value), else 0 */
 INLINE int row_topk_lse(const float *row, int64_t V, int64_t k, float lse_temperature, float *kept, int64_t *ids,
                         float *lse, int isa) {
     int nan;

@@ -244,8 +244,8 @@ def gate_inputs(e: torch.Tensor, latents: torch.Tensor, thinking: torch.Tensor, 
     mean_a (B, 1))`` fp32, the mix where thinking and e elsewhere; None where it does not apply (as for
     :func:`topk_latent`)."""
     if not (_hybrid_ops((e, latents, weight, bias, Lambda)) and thinking.dtype == torch.bool
-            and thinking.is_contiguous() and e.dim() == 3 and e.shape[1] == 1 and latents.shape == e.shape and thinking.shape == e.shape[:2]
-            and weight.shape == (2 * e.shape[2], e.shape[2])):
+            and thinking.is_contiguous() and e.dim() == 3 and e.shape[1] == 1 and latents.shape == e.shape
+            and thinking.shape == e.shape[:2] and weight.shape == (2 * e.shape[2], e.shape[2])):
         return None
     batch, _, hidden = e.shape
     decay = c * torch.nn.functional.softplus(-Lambda)  # (H,): a = e^(-decay r)

@@ -32,8 +32,8 @@ class GraphOptions:
     # hrpo's kernel (hrpo.engines.native.topk_lse) instead of torch.topk and torch.logsumexp (about 7x faster), and
     # without top-p the whole draw in that call (hrpo.engines.native.topk_sample)
     native_sampling: bool = True
-    # the static engine's hybrid step on a CPU in fp32 with AVX2: the latent of the kept top-k and the gate's mix in
-    # hrpo's kernels (hrpo.engines.native.topk_latent, gated_mix) instead of about 15 aten ops
+    # the static engine's hybrid step on a CPU in fp32 with AVX2: the latent of the kept top-k and the whole gated
+    # input in hrpo's kernels (hrpo.engines.native.topk_latent, gate_inputs) instead of about 25 aten ops
     native_hybrid: bool = True
 
 
