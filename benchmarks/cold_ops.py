@@ -41,8 +41,9 @@ def main() -> None:
     l3 = buffer[: args.l3_megabytes * 2 ** 20 // 4]
     counter, flags = torch.zeros(8, 1, dtype=torch.long), torch.zeros(8, dtype=torch.bool)
     cases = {"warm_us": lambda: None, "after_l3_sized_sum_us": l3.sum, "after_full_sum_us": buffer.sum}
-    report = {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads(),
-              "torch": torch.__version__, "megabytes": args.megabytes, "l3_megabytes": args.l3_megabytes}
+    report = {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+              "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "megabytes": args.megabytes,
+              "l3_megabytes": args.l3_megabytes}
     for name, before in cases.items():
         times = []
         for _ in range(args.repeats):

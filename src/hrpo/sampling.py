@@ -276,8 +276,9 @@ def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig, uniforms: torc
     kept_ids (B, k), logsumexp(logits / T) (B,))`` or None that makes the passes over the whole vocabulary
     instead of torch.topk and torch.logsumexp (e.g. :func:`hrpo.engines.native.topk_lse`; an engine passes one
     to all its loops, since torch.topk leaves ties in no set order). ``draw``: a function ``(logits, k, T,
-    logprob T, uniforms) -> (tokens, logprobs, kept_probs, kept_ids)`` or None that makes the whole draw without
-    top-p (e.g. :func:`hrpo.engines.native.topk_sample`, whose passes must be ``topk_lse``'s), else None.
+    logprob T, uniforms) -> (tokens, logprobs, kept_probs, kept_ids) or None`` that makes the whole draw without
+    top-p (e.g. :func:`hrpo.engines.native.topk_sample`, whose passes must be ``topk_lse``'s); on None, or with
+    top-p or greedy, topk_lse and torch's ops make it.
     """
     k = kept_count(sampling, logits.shape[-1])
     lp_temp = sampling.logprob_temperature or sampling.temperature

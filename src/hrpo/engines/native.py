@@ -135,6 +135,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return out
 
 
+def _vocabulary_passes_apply(logits: torch.Tensor, k: int) -> bool:
+    """Whether hrpo_topk_lse's passes run on ``logits``: (B, V) fp32 on a CPU without grad, 0 < k <= min(V,
+    :data:`MAX_KEPT`), AVX2, outside :func:`disabled`, the kernels built."""
+    return (not _OFF[0] and logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2
+            and 0 < k <= min(MAX_KEPT, logits.shape[1]) and not logits.requires_grad and isa() == 2
+            and library() is not None)
+
+
 def topk_lse(logits: torch.Tensor, k: int, lse_temperature: float):
     """The full-vocabulary passes of :func:`hrpo.sampling.sample_tokens` in one call: for logits (B, V) fp32 on a
     CPU, ``(kept_logits (B, k), kept_ids (B, k), lse (B,))`` with the k largest logits of each row, sorted by value
@@ -143,9 +151,7 @@ def topk_lse(logits: torch.Tensor, k: int, lse_temperature: float):
     rounding). None where it does not apply (another dtype or device, k over :data:`MAX_KEPT`, no AVX2 (the plain
     C loop is slower than torch's), inside :func:`disabled`, no kernels) or a row holds a NaN: the caller then uses
     torch's ops."""
-    if (_OFF[0] or logits.device.type != "cpu" or logits.dtype != torch.float32 or logits.dim() != 2
-            or not 0 < k <= min(MAX_KEPT, logits.shape[1]) or logits.requires_grad or isa() != 2
-            or library() is None):
+    if not _vocabulary_passes_apply(logits, k):
         return None
     logits = logits.contiguous()
     batch = logits.shape[0]
@@ -162,10 +168,8 @@ def topk_sample(logits: torch.Tensor, k: int, temperature: float, lse_temperatur
     and the log-sum-exp as :func:`topk_lse` finds them, kept_probs = softmax(kept / temperature) with this
     kernel's e^x (to about 2 ulp of torch's), the draw and the log-probs as sample_tokens makes them. None where
     :func:`topk_lse` steps aside or a row's largest logit is infinite: the caller then uses torch's ops."""
-    if (_OFF[0] or logits.device.type != "cpu" or logits.dtype != torch.float32 or logits.dim() != 2
-            or not 0 < k <= min(MAX_KEPT, logits.shape[1]) or logits.requires_grad or isa() != 2
-            or uniforms.shape != logits.shape[:1] or uniforms.dtype != torch.float32 or uniforms.device.type != "cpu"
-            or library() is None):
+    if (not _vocabulary_passes_apply(logits, k) or uniforms.shape != logits.shape[:1]
+            or uniforms.dtype != torch.float32 or uniforms.device.type != "cpu"):
         return None
     logits, uniforms = logits.contiguous(), uniforms.contiguous()
     batch = logits.shape[0]
@@ -222,13 +226,18 @@ def topk_latent(kept_probs: torch.Tensor, kept_ids: torch.Tensor, embedding: tor
     return out
 
 
+def _decay(Lambda: torch.Tensor, c: float) -> torch.Tensor:
+    """(H,) c softplus(-Lambda): the gate's a = e^(-decay r), what the mix kernels read."""
+    return c * torch.nn.functional.softplus(-Lambda)
+
+
 def gated_mix(e: torch.Tensor, latents: torch.Tensor, logits: torch.Tensor, Lambda: torch.Tensor, c: float):
     """:func:`hrpo.gate.gated_mix` in one call for e, latents (..., H) fp32 and the gate's pre-activations
     ``logits`` (..., 2H) (r then i), with the gate's ``Lambda`` (H,) and ``c``: (mixed, a), both (..., H) fp32;
     None where it does not apply (as for :func:`topk_latent`)."""
     if not _hybrid_ops((e, latents, logits, Lambda)):
         return None
-    decay = c * torch.nn.functional.softplus(-Lambda)  # (H,): a = e^(-decay r)
+    decay = _decay(Lambda, c)
     hidden = e.shape[-1]
     mixed, a = torch.empty_like(e), torch.empty_like(e)
     library().hrpo_gated_mix(e.data_ptr(), latents.data_ptr(), logits.data_ptr(), decay.data_ptr(),
@@ -248,7 +257,7 @@ def gate_inputs(e: torch.Tensor, latents: torch.Tensor, thinking: torch.Tensor, 
             and thinking.shape == e.shape[:2] and weight.shape == (2 * e.shape[2], e.shape[2])):
         return None
     batch, _, hidden = e.shape
-    decay = c * torch.nn.functional.softplus(-Lambda)  # (H,): a = e^(-decay r)
+    decay = _decay(Lambda, c)
     work, inputs, mean_a = torch.empty(batch, 3 * hidden), torch.empty_like(e), torch.empty(batch, 1)
     library().hrpo_gate_inputs(e.data_ptr(), latents.data_ptr(), thinking.data_ptr(), weight.data_ptr(),
                                bias.data_ptr(), decay.data_ptr(), batch, hidden, work.data_ptr(), inputs.data_ptr(),
