@@ -117,17 +117,24 @@ def outside_layers_ms(rollout, mode: str, new_tokens: int) -> float | None:
     return statistics.median(gaps) * 1e3 if gaps else None
 
 
-def step_cost(weights, batch: int, group: int, prompt_len: int, new_tokens: int) -> dict:
-    """A decode step's bytes and FLOPs from the fused weights it reads (see the module docstring); the prompt's
-    keys and values count once per group of ``group`` rows that share it (what the step must read)."""
+def step_bytes(weights, batch: int, group: int, prompt_len: int, own: float) -> tuple[int, float]:
+    """(weight bytes, key/value bytes) a decode step reads: every fused weight and norm and the LM head; the
+    prompt's keys and values once per group of ``group`` rows that share it, and ``own`` slots of each row's own."""
     tensors = [t for layer in weights.tensors for t in layer.values() if t is not None]
     tensors += [weights.final_norm, weights.lm_head]
-    weight_bytes = sum(t.numel() * t.element_size() for t in tensors)
+    slot_bytes = 2 * weights.num_kv_heads * weights.head_dim * 4
+    return (sum(t.numel() * t.element_size() for t in tensors),
+            len(weights.tensors) * slot_bytes * (batch // group * prompt_len + batch * own))
+
+
+def step_cost(weights, batch: int, group: int, prompt_len: int, new_tokens: int) -> dict:
+    """A decode step's bytes (:func:`step_bytes`) and FLOPs from the fused weights it reads, averaged over a
+    rollout of ``new_tokens`` (see the module docstring)."""
     matrices = [layer[name] for layer in weights.tensors for name in ("qkv", "o", "gate_up", "down")]
     weight_flops = 2 * batch * (sum(m.numel() for m in matrices) + weights.lm_head.numel())
     mean_new = statistics.mean(t + 1 for t in range(new_tokens))  # the row's own slots, this step's included
-    layers, dim, slot_bytes = len(weights.tensors), weights.head_dim, 2 * weights.num_kv_heads * weights.head_dim * 4
-    kv_bytes = layers * slot_bytes * (batch // group * prompt_len + batch * mean_new)
+    weight_bytes, kv_bytes = step_bytes(weights, batch, group, prompt_len, mean_new)
+    layers, dim = len(weights.tensors), weights.head_dim
     attention_flops = layers * 4 * batch * weights.num_heads * (prompt_len + mean_new) * dim
     return {"weight_bytes": weight_bytes, "kv_bytes": kv_bytes, "bytes": weight_bytes + kv_bytes,
             "flops": weight_flops + attention_flops, "mean_attended_keys": prompt_len + mean_new}

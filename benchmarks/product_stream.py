@@ -25,22 +25,9 @@ import time
 
 import torch
 
-from decode_roofline import cpu_name, read_bandwidth
+from decode_roofline import cpu_name, read_bandwidth, step_bytes
 
 PROMPT, OWN = 106, 32
-
-
-def weight_bytes(weights) -> int:
-    """Every fused weight and norm and the LM head: what each call reads whatever its rows."""
-    tensors = [t for layer in weights.tensors for t in layer.values() if t is not None]
-    return sum(t.numel() * 4 for t in tensors + [weights.final_norm, weights.lm_head])
-
-
-def kv_bytes(weights, rows: int, group: int) -> int:
-    """The keys and values one call attends over: a prompt's once per run of ``group`` rows, then each row's own
-    (this step's included)."""
-    slot = 2 * weights.num_kv_heads * weights.head_dim * 4
-    return len(weights.tensors) * slot * (rows // group * PROMPT + rows * (OWN + 1))
 
 
 def layers_call(weights, rows: int, group: int):
@@ -80,6 +67,7 @@ def main() -> None:
     reason = native.layers_unsupported(weights, kv, valid, model.model.layers[0].mlp.act_fn, rows[0])
     if reason is not None:
         raise SystemExit(f"hrpo's layer kernel cannot run here: {reason}")
+    read = {m: step_bytes(weights, m, min(m, 4), PROMPT, OWN + 1) for m in rows}  # (weight, key/value) bytes
     runs = {m: [] for m in rows}
     with torch.no_grad():
         for (_, _, layers), step in calls.values():
@@ -92,12 +80,12 @@ def main() -> None:
                     start = time.perf_counter()
                     layers(*step)
                     best = min(best, time.perf_counter() - start)
-                runs[m].append((best, (weight_bytes(weights) + kv_bytes(weights, m, min(m, 4))) / bandwidth))
+                runs[m].append((best, sum(read[m]) / bandwidth))
     report = {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-              "weight_bytes": weight_bytes(weights)}
+              "weight_bytes": read[rows[0]][0]}
     for m in rows:
-        report[f"rows_{m}"] = {"kv_bytes": kv_bytes(weights, m, min(m, 4)),
+        report[f"rows_{m}"] = {"kv_bytes": read[m][1],
                                "call_ms": statistics.median(c for c, _ in runs[m]) * 1e3,
                                "read_ms": statistics.median(r for _, r in runs[m]) * 1e3,
                                "over_read": statistics.median(c / r for c, r in runs[m])}
