@@ -1,7 +1,7 @@
-"""Paired A/B of kernel builds on product_stream's call: python ab.py NAME.so ... (first is the baseline)."""
+"""Paired A/B of kernel builds on product_stream's call: python kernel_ab.py NAME.so ... (first is the baseline)."""
 import sys, time, statistics, json
 from pathlib import Path
-sys.path.insert(0, "/work/main/benchmarks")
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))  # from docs/results/<folder>/
 import torch
 from hrpo.engines import native
 from product_stream import layers_call, PROMPT, OWN
@@ -11,8 +11,8 @@ from hrpo.models import load_model
 from hrpo.progress import quiet_libraries
 
 paths = sys.argv[1:]
-rows = [int(r) for r in (sys.argv.pop() if False else "1,8").split(",")]
-orig_build, wrapped = native.build, native.library.__wrapped__
+rows = [1, 8]
+wrapped = native.library.__wrapped__
 libs = []
 for p in paths:
     native.build = lambda p=p: Path(p)
@@ -27,11 +27,10 @@ with torch.no_grad():
 calls = {m: layers_call(weights, m, min(m, 4)) for m in rows}
 read = {m: sum(step_bytes(weights, m, min(m, 4), PROMPT, OWN + 1)) for m in rows}
 with torch.no_grad():
-    for m, ((kv, valid, layers), step) in calls.items():
+    for m, ((_, _, layers), step) in calls.items():
         outs = []
         for i in range(len(libs)):
             cur[0] = i
-            kv0 = [t.clone() for t in kv]
             layers(*step)
             outs.append(layers.keep[3].clone())
         print(m, "rows: max |logit diff| vs first:", [float((o - outs[0]).abs().max()) for o in outs], flush=True)

@@ -1,12 +1,12 @@
 """The few-row product (hrpo_linear) by weight size and rows, in GB/s of weights, for isa 2 and 3 of one build:
 python incache.py LIB.so (LIB built from cpu_kernels.c with avx512-products.patch applied; 4.7 MB sits in L3)."""
-import ctypes, time, torch, sys, statistics
+import ctypes, time, torch, sys
 torch.set_num_threads(2)
 lib = ctypes.CDLL(sys.argv[1])
 P, S = ctypes.c_void_p, ctypes.c_int64
 lib.hrpo_linear.argtypes = [P, S, S, P, P, P, S, ctypes.c_int, ctypes.c_int]
 for N, K in ((256, 576), (2048, 576), (49152, 576)):
-    w = torch.randn(N, K); 
+    w = torch.randn(N, K)
     for rows in (4, 8):
         x = torch.randn(rows, K); y = torch.empty(rows, N)
         res = {}

@@ -12,7 +12,6 @@ shapes = [(49152, 576), (3072 * 30, 576), (576 * 30, 1536)]  # LM head; the gate
 ws = [torch.randn(n, k) for n, k in shapes]
 for rows in (4, 8):
     xs = [torch.randn(rows, k) for _, k in shapes]; ys = [torch.empty(rows, n) for n, _ in shapes]
-    ref = None
     times = {v: [] for v in variants}
     for rep in range(pairs):
         for v in (variants if rep % 2 == 0 else variants[::-1]):
